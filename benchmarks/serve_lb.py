@@ -1,0 +1,132 @@
+"""Serve ``zope_lb.LoadBalancer`` with waitress, for the benchmarks.
+
+    python benchmarks/serve_lb.py 127.0.0.1:8081 127.0.0.1:8082 \\
+        --port 0 --threads 16 --strategy round_robin --opt maxconn=8 --opt retries=1
+
+``--opt key=value`` is passed to ``LoadBalancer`` as a keyword argument; the
+value is read as a Python literal when it is one (``8``, ``1.5``, ``True``,
+``None``, ``[1, 2]``), otherwise it stays a string. Prints
+``LISTENING 127.0.0.1:PORT`` once it accepts connections.
+
+``--cprofile FILE`` profiles every thread with cProfile and writes merged
+pstats to FILE on SIGTERM/SIGINT (used by profile_hot_path.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import signal
+import sys
+import threading
+
+
+def parse_opts(pairs: list[str]) -> dict:
+    opts = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--opt wants key=value, got {pair!r}")
+        try:
+            opts[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            opts[key.strip()] = value.strip()
+    return opts
+
+
+class ThreadProfiles:
+    """One cProfile.Profile per thread, merged into one pstats file at the end."""
+
+    def __init__(self) -> None:
+        import cProfile
+
+        self._cls = cProfile.Profile
+        self.profiles: list = []
+        self._lock = threading.Lock()
+
+    def _bootstrap(self, *_args) -> None:
+        # Runs once as the first profile event in each new thread.
+        sys.setprofile(None)
+        prof = self._cls()
+        with self._lock:
+            self.profiles.append(prof)
+        prof.enable()
+
+    def start(self) -> None:
+        threading.setprofile(self._bootstrap)
+        self._bootstrap()  # main thread
+
+    def dump(self, path: str) -> None:
+        import pstats
+
+        threading.setprofile(None)
+        stats = None
+        with self._lock:
+            for prof in self.profiles:
+                prof.disable()
+                prof.create_stats()
+                if not prof.stats:
+                    continue
+                if stats is None:
+                    stats = pstats.Stats(prof)
+                else:
+                    stats.add(prof)
+        if stats is not None:
+            stats.dump_stats(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("backends", nargs="+", help="host:port of each backend")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = ephemeral")
+    ap.add_argument("--threads", type=int, default=16, help="waitress threads")
+    ap.add_argument("--strategy", default="round_robin")
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--cprofile", metavar="FILE")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+    import waitress
+
+    from zope_lb import LoadBalancer
+
+    profiles = None
+    if args.cprofile:
+        profiles = ThreadProfiles()
+        profiles.start()
+
+    app = LoadBalancer(args.backends, strategy=args.strategy, **parse_opts(args.opt))
+    server = waitress.create_server(
+        app,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_request_body_size=1 << 40,  # the benchmark uploads 1 GiB
+    )
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"LISTENING {args.host}:{server.effective_port}", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if profiles is not None:
+            profiles.dump(args.cprofile)
+        close = getattr(app, "close", None)
+        if close is not None:
+            close()
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""zope_lb: a load balancer for Zope and Plone clusters, as a WSGI library."""
+
+import logging
+
+from .app import LoadBalancer
+from .errors import ConfigError, UpstreamError
+from .settings import BackendSpec, Settings, parse_settings
+
+__all__ = [
+    "BackendSpec",
+    "ConfigError",
+    "LoadBalancer",
+    "Settings",
+    "UpstreamError",
+    "parse_settings",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,174 @@
+"""One backend: its address, its state, its counters and its urllib3 pool.
+
+State machine (written as data in :data:`TRANSITIONS`)::
+
+    up ──fail──> down ──recover──> up
+    up/down ──drain──> draining       (no new requests; closed when idle)
+    any ──disable──> disabled ──enable──> up
+
+A backend that fails ``passive.fall`` connects in a row goes down for
+``passive.cooldown`` seconds; after that it is offered requests again, and a
+single further failure sends it straight back down. Every change is reported
+once, through the ``on_change`` callback the pool gives it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from urllib3 import HTTPConnectionPool, Timeout
+
+from .settings import BackendSpec
+
+log = logging.getLogger(__name__)
+
+
+class State(str, enum.Enum):
+    UP = "up"
+    DOWN = "down"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.UP, "fail"): State.DOWN,
+    (State.DOWN, "recover"): State.UP,
+    (State.UP, "drain"): State.DRAINING,
+    (State.DOWN, "drain"): State.DRAINING,
+    (State.DISABLED, "drain"): State.DRAINING,
+    (State.UP, "disable"): State.DISABLED,
+    (State.DOWN, "disable"): State.DISABLED,
+    (State.DRAINING, "disable"): State.DISABLED,
+    (State.DISABLED, "enable"): State.UP,
+    (State.DRAINING, "enable"): State.UP,
+}
+
+
+def next_state(state: State, event: str) -> State | None:
+    """The state ``event`` leads to from ``state``, or None if it changes nothing."""
+    return TRANSITIONS.get((state, event))
+
+
+StateListener = Callable[["Backend", State, State, str], None]
+
+#: urllib3 keeps this many idle connections for a backend with maxconn=0 (unlimited).
+UNLIMITED_POOL_SIZE = 32
+
+
+class Backend:
+    """A live backend. Counters are updated under its lock; reads are lock-free."""
+
+    def __init__(
+        self,
+        spec: BackendSpec,
+        *,
+        maxconn: int,
+        timeout_connect: float,
+        timeout_read: float,
+        fall: int,
+        cooldown: float,
+        on_change: StateListener | None = None,
+        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+    ):
+        self.spec = spec
+        self.id = spec.id
+        self.address = spec.address
+        self.weight = spec.weight
+        self.backup = spec.backup
+        self.maxconn = maxconn
+        self.fall = fall
+        self.cooldown = cooldown
+        self.timeout = Timeout(connect=timeout_connect, read=timeout_read)
+        self._pool_factory = pool_factory
+        self.pool = self._new_pool(maxconn or UNLIMITED_POOL_SIZE)
+        self.state = State.UP
+        self.reason = ""
+        self.down_until = 0.0
+        self.active = 0
+        self.requests = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self._on_change = on_change
+        self._lock = threading.Lock()
+
+    def _new_pool(self, size: int) -> Any:
+        return self._pool_factory(
+            self.spec.host, self.spec.port,
+            maxsize=size, block=False, timeout=self.timeout, retries=False,
+        )
+
+    def fresh_pool(self) -> Any:
+        """A one-connection pool of its own, for a retry that must not reuse a
+        pooled (possibly stale) connection. The caller closes it."""
+        return self._new_pool(1)
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.id} {self.address} {self.state.value}>"
+
+    # -- request accounting (hot path) --
+
+    def acquire(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.requests += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.active -= 1
+            close = self.state is State.DRAINING and self.active == 0
+        if close:
+            self.pool.close()
+
+    def available(self, now: float) -> bool:
+        """Whether the backend may take a new request at ``now``."""
+        state = self.state
+        if state is State.UP:
+            return True
+        if state is State.DOWN and now >= self.down_until:
+            self._change("recover", f"tried again after {self.cooldown:g} s cool-down")
+            return self.state is State.UP
+        return False
+
+    def record_success(self) -> None:
+        if self.consecutive_failures:
+            self.consecutive_failures = 0
+
+    def record_failure(self, reason: str, now: float) -> None:
+        """Count a connect failure; past ``fall`` in a row the backend goes down."""
+        with self._lock:
+            self.failures += 1
+            self.consecutive_failures += 1
+            tripped = self.consecutive_failures >= self.fall
+            if tripped:
+                self.down_until = now + self.cooldown
+        if tripped:
+            count = self.consecutive_failures
+            self._change("fail", f"{count} connect failure{'s' * (count > 1)} in a row: {reason}")
+
+    # -- administrative changes --
+
+    def drain(self) -> None:
+        """Take no new requests; close the pool once the last one finished."""
+        self._change("drain", "removed from the configuration")
+        with self._lock:
+            idle = self.active == 0
+        if idle:
+            self.pool.close()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _change(self, event: str, reason: str) -> None:
+        with self._lock:
+            old = self.state
+            new = next_state(old, event)
+            if new is None:
+                return
+            self.state = new
+            self.reason = reason
+        if self._on_change is not None:
+            self._on_change(self, old, new, reason)

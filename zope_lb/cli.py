@@ -1,0 +1,109 @@
+"""``zope-lb``: serve an ini, or run the demo.
+
+``main(argv) -> int`` so it can be called from tests; configuration errors
+print one line naming the key and the rule, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(ini_path: str) -> None:
+    """Logging from the ini's ``[loggers]`` sections (as pserve does), else INFO
+    to stderr. waitress's per-queued-request warning is quieted either way."""
+    parser = configparser.ConfigParser()
+    parser.read(ini_path)
+    if parser.has_section("loggers"):
+        here = os.path.dirname(ini_path)
+        logging.config.fileConfig(
+            ini_path, {"__file__": ini_path, "here": here}, disable_existing_loggers=False
+        )
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"
+        )
+    queue_logger = logging.getLogger("waitress.queue")
+    if queue_logger.level == logging.NOTSET:
+        queue_logger.setLevel(logging.ERROR)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from paste.deploy import loadapp, loadserver
+
+    ini_path = os.path.abspath(args.ini)
+    if not os.path.isfile(ini_path):
+        print(f"zope-lb: no such file: {args.ini}", file=sys.stderr)
+        return 2
+    setup_logging(ini_path)
+    uri = f"config:{ini_path}"
+    try:
+        app = loadapp(uri, name=args.app_name)
+        server = loadserver(uri, name=args.server_name)
+    except ConfigError as exc:
+        print(f"zope-lb: configuration error in {args.ini}: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"zope-lb: {args.ini}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server(app)
+    except OSError as exc:
+        print(f"zope-lb: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close = getattr(app, "close", None)
+        if close is not None:
+            close()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from . import demo as demo_module
+
+    return demo_module.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zope-lb", description="A load balancer for Zope and Plone clusters."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("serve", help="serve the balancer of an ini file with waitress")
+    p.add_argument("ini", help="PasteDeploy ini file, e.g. development.ini")
+    p.add_argument("--app-name", default="main", help="[app:NAME] to load (default main)")
+    p.add_argument("--server-name", default="main",
+                   help="[server:NAME] to use (default main)")
+    p.set_defaults(func=serve)
+
+    from . import demo as demo_module
+
+    p = commands.add_parser(
+        "demo", help="start three demo backends and the balancer, open in a browser"
+    )
+    demo_module.add_arguments(p)
+    p.set_defaults(func=demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

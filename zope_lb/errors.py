@@ -1,0 +1,75 @@
+"""The errors zope_lb raises, and what each means for the client.
+
+The whole tree::
+
+    ZopeLBError
+    ├── ConfigError              bad setting: stops start-up, refuses an edit
+    └── UpstreamError            a request could not be answered by a backend
+        ├── NoBackendAvailable   503: every backend is down, cooling or full
+        ├── BackendConnectError  502: connect refused / timed out / DNS failed;
+        │                              nothing was sent, any method may fail over
+        ├── BackendDisconnected  502: the connection broke before a response;
+        │                              the request may have been sent
+        ├── BackendTimeout       504: no response within timeout.read
+        └── BackendProtocolError 502: the backend answered with garbage
+
+Each ``UpstreamError`` knows its HTTP ``status`` and whether the request was
+possibly seen by the backend (``sent``), which is what the retry rules need.
+urllib3's exceptions are turned into these in exactly one place,
+:func:`zope_lb.proxy.translate_errors`.
+"""
+
+from __future__ import annotations
+
+
+class ZopeLBError(Exception):
+    """Base of every error zope_lb raises on purpose."""
+
+
+class ConfigError(ZopeLBError, ValueError):
+    """A setting broke a rule. The message names the key, the value and the rule."""
+
+    def __init__(self, key: str, value: object, rule: str, line: int | None = None):
+        self.key = key
+        self.value = value
+        self.rule = rule
+        self.line = line
+        where = f"{key} line {line}" if line is not None else key
+        super().__init__(f"{where} {value!r}: {rule}")
+
+
+class UpstreamError(ZopeLBError):
+    """A request could not be answered by a backend."""
+
+    status = 502
+    title = "Bad Gateway"
+    #: True when the backend may have received (part of) the request.
+    sent = True
+
+    def __init__(self, reason: str, backend: str | None = None):
+        self.reason = reason
+        self.backend = backend
+        super().__init__(f"{backend}: {reason}" if backend else reason)
+
+
+class NoBackendAvailable(UpstreamError):
+    status = 503
+    title = "Service Unavailable"
+    sent = False
+
+
+class BackendConnectError(UpstreamError):
+    sent = False
+
+
+class BackendDisconnected(UpstreamError):
+    pass
+
+
+class BackendTimeout(UpstreamError):
+    status = 504
+    title = "Gateway Timeout"
+
+
+class BackendProtocolError(UpstreamError):
+    pass

@@ -1,0 +1,407 @@
+"""Turn configuration text (ini values or keyword arguments) into frozen settings.
+
+One table, :data:`OPTIONS`, is the whole schema: name, converter, default and
+a one-line doc. It feeds the PasteDeploy factories, ``LoadBalancer(**kwargs)``
+and the README's option table (a test checks that the two agree). Converters
+are strict: ``"yes please"`` is not a boolean. Every bad value raises a
+:class:`~zope_lb.errors.ConfigError` naming the key, the value and the rule,
+before any socket is opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- converters ---------------------------------------------------------------
+# Each takes the raw value (a string from an ini, or a Python value) and
+# returns the converted value, or raises ValueError with the rule it broke.
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def as_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be true or false (also yes/no, on/off, 1/0)")
+
+
+def _as_int(value: object, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise ValueError("must be a whole number")
+        number = int(text)
+    if number < minimum:
+        raise ValueError(f"must be {minimum} or more")
+    return number
+
+
+def as_count(value: object) -> int:
+    """A whole number, 0 or more."""
+    return _as_int(value, 0)
+
+
+def as_positive(value: object) -> int:
+    """A whole number, 1 or more."""
+    return _as_int(value, 1)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
+_UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
+
+
+def as_duration(value: object) -> float:
+    """Seconds, more than 0: ``5``, ``2.5``, ``500ms``, ``30s``, ``2m``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip())
+        if not match:
+            raise ValueError("must be a duration such as 5, 2.5, 500ms, 30s or 2m")
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if not seconds > 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
+
+
+def as_networks(value: object) -> tuple[Network, ...]:
+    """IP addresses or CIDR networks, separated by spaces, commas or lines."""
+    items = value.split() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    networks = []
+    for item in items:
+        for part in str(item).replace(",", " ").split():
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{part!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8)"
+                ) from None
+    return tuple(networks)
+
+
+def as_prefix(value: object) -> str:
+    text = str(value).strip()
+    if not text.startswith("/"):
+        raise ValueError("must be a path starting with '/'")
+    if any(c.isspace() for c in text) or "?" in text or "#" in text:
+        raise ValueError("must be a plain path, without spaces, '?' or '#'")
+    return text
+
+
+def as_strategy(value: object) -> str:
+    from .strategies import known_strategies
+
+    name = str(value).strip()
+    known = known_strategies()
+    if name not in known:
+        raise ValueError(f"unknown strategy; choose one of: {', '.join(sorted(known))}")
+    return name
+
+
+# -- backend lines --------------------------------------------------------------
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One validated backend line: where it is and how it takes part."""
+
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+    maxconn: int | None = None  # None: the global ``maxconn``
+    id: str = ""
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with IPv6 hosts in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def line(self) -> str:
+        """The backend as a line, in the form it is configured."""
+        parts = [self.address]
+        if self.id != self.address:
+            parts.append(f"id={self.id}")
+        if self.weight != 1:
+            parts.append(f"weight={self.weight}")
+        if self.maxconn is not None:
+            parts.append(f"maxconn={self.maxconn}")
+        if self.backup:
+            parts.append("backup")
+        return "  ".join(parts)
+
+
+def _check_hostname(host: str) -> None:
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in host.split(".")):
+        raise ValueError(
+            f"{host!r} is not a valid host name or IP address "
+            "(letters, digits, '-' and '.'; IPv6 as [::1]:8080)"
+        )
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``host:port`` by the Enfold rules; ValueError names the rule broken."""
+    low = text.lower()
+    if "://" in low:
+        scheme = text.split("://", 1)[0]
+        raise ValueError(f"drop the '{scheme}://' prefix, write host:port")
+    if "/" in text:
+        raise ValueError("write only host:port, without a path")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError("IPv6 address is missing its closing ']'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+        if not rest.startswith(":"):
+            raise ValueError("always include the port number: [ipv6]:port")
+        port_text = rest[1:]
+    else:
+        if text.count(":") > 1:
+            raise ValueError("write IPv6 addresses in brackets, e.g. [::1]:8080")
+        host, sep, port_text = text.partition(":")
+        if not sep:
+            raise ValueError("always include the port number: host:port")
+        if not host:
+            raise ValueError("the host is missing: host:port")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if re.fullmatch(r"[\d.]+", host):
+                raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+            _check_hostname(host)
+    if not port_text.isdigit():
+        raise ValueError("the port must be a number from 1 to 65535")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, port
+
+
+_FLAG_HINT = "known flags: weight=N, backup, maxconn=N, id=NAME"
+
+
+def parse_backend_line(line: str) -> BackendSpec:
+    """Parse ``host:port [weight=N] [backup] [maxconn=N] [id=NAME]``."""
+    words = line.split()
+    host, port = parse_address(words[0])
+    fields: dict[str, Any] = {}
+    for word in words[1:]:
+        name, eq, value = word.partition("=")
+        if name in fields:
+            raise ValueError(f"flag {name!r} is given twice")
+        if name == "backup" and not eq:
+            fields["backup"] = True
+        elif name == "weight" and eq:
+            fields["weight"] = _flag(word, as_count, value)
+        elif name == "maxconn" and eq:
+            fields["maxconn"] = _flag(word, as_count, value)
+        elif name == "id" and eq:
+            if not _BACKEND_ID.fullmatch(value):
+                raise ValueError(
+                    f"{word!r}: an id is 1-64 letters, digits, '.', '_' or '-'"
+                )
+            fields["id"] = value
+        else:
+            raise ValueError(f"unknown flag {word!r}; {_FLAG_HINT}")
+    spec = BackendSpec(host, port, **fields)
+    if not spec.id:
+        spec = BackendSpec(host, port, **{**fields, "id": spec.address})
+    return spec
+
+
+def _flag(word: str, convert: Callable[[str], int], value: str) -> int:
+    try:
+        return convert(value)
+    except ValueError as exc:
+        raise ValueError(f"{word!r}: {exc}") from None
+
+
+def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, ...]:
+    """Validate a whole backend list; the first bad line raises, naming its number."""
+    lines = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    specs: list[BackendSpec] = []
+    seen_address: dict[str, int] = {}
+    seen_id: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not isinstance(raw, str):
+            raise ConfigError(key, raw, "each backend must be a 'host:port' string", number)
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            spec = parse_backend_line(text)
+        except ValueError as exc:
+            raise ConfigError(key, text, str(exc), number) from None
+        for seen, value_, what in ((seen_address, spec.address, "backend"),
+                                   (seen_id, spec.id, "id")):
+            if value_ in seen:
+                raise ConfigError(
+                    key, text, f"duplicate {what} {value_!r}, already on line {seen[value_]}",
+                    number,
+                )
+            seen[value_] = number
+        specs.append(spec)
+    if not specs:
+        raise ConfigError(key, value, "at least one backend 'host:port' is required")
+    return tuple(specs)
+
+
+# -- the schema -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    convert: Callable[[Any], Any]
+    default: Any
+    doc: str
+    default_text: str = ""  # how the README shows the default, when not str(default)
+
+    @property
+    def attribute(self) -> str:
+        return self.name.replace(".", "_")
+
+
+REQUIRED = object()
+
+OPTIONS: tuple[Option, ...] = (
+    Option("backends", parse_backends, REQUIRED,
+           "One `host:port` per line, optionally followed by `weight=N`, `backup`, "
+           "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`.",
+           "(required)"),
+    Option("strategy", as_strategy, "round_robin",
+           "How a backend is picked for each request (see *Choosing a strategy*)."),
+    # Zope clients have few worker threads (default 4): more in flight only queue there.
+    Option("maxconn", as_count, 4,
+           "Connections kept per backend, unless its line says `maxconn=N`. "
+           "Match the Zope client's thread count."),
+    Option("timeout.connect", as_duration, 5.0,
+           "Seconds to wait for a backend to accept a connection; then the next "
+           "backend is tried.", "5"),
+    # The Plone community's HAProxy configs use 300 s: long exports must not be cut.
+    Option("timeout.read", as_duration, 300.0,
+           "Seconds to wait for a backend to answer (and between body chunks); "
+           "then 504.", "300"),
+    Option("retries", as_count, 2,
+           "How many more backends a request may try after a failure that is safe "
+           "to retry."),
+    Option("preserve_host", as_bool, True,
+           "Send the client's `Host` header to the backend (`false`: the backend's "
+           "own `host:port`).", "true"),
+    Option("forwarded.trusted", as_networks, (),
+           "Proxies in front of zope_lb (IPs or CIDRs) whose `X-Forwarded-*` headers are "
+           "kept and extended; from anyone else they are replaced.", "(none)"),
+    Option("prefix", as_prefix, "/",
+           "Filter only: requests whose path starts with this go to the backends, "
+           "the rest to the wrapped app."),
+    Option("fallback", as_bool, False,
+           "Filter only: when no backend can take a request, the wrapped app "
+           "answers it instead of a 502/503 page.", "false"),
+    Option("passive.fall", as_positive, 3,
+           "Consecutive connect failures after which a backend is skipped for "
+           "`passive.cooldown`."),
+    Option("passive.cooldown", as_duration, 10.0,
+           "Seconds a failing backend is skipped before it gets requests again.", "10"),
+)
+
+_BY_NAME: dict[str, Option] = {}
+for _option in OPTIONS:
+    _BY_NAME[_option.name] = _option
+    _BY_NAME[_option.attribute] = _option
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, immutable settings of one balancer."""
+
+    backends: tuple[BackendSpec, ...]
+    strategy: str = "round_robin"
+    maxconn: int = 4
+    timeout_connect: float = 5.0
+    timeout_read: float = 300.0
+    retries: int = 2
+    preserve_host: bool = True
+    forwarded_trusted: tuple[Network, ...] = ()
+    prefix: str = "/"
+    fallback: bool = False
+    passive_fall: int = 3
+    passive_cooldown: float = 10.0
+
+    def maxconn_of(self, spec: BackendSpec) -> int:
+        return self.maxconn if spec.maxconn is None else spec.maxconn
+
+
+def parse_settings(values: Mapping[str, object]) -> Settings:
+    """Validate ``values`` (ini names like ``timeout.read`` or ``timeout_read``).
+
+    Unknown names are refused; missing ones take their default.
+    """
+    chosen: dict[str, Any] = {}
+    for key, value in values.items():
+        option = _BY_NAME.get(key)
+        if option is None:
+            raise ConfigError(key, value, f"unknown option; known options: {_known()}")
+        if option.attribute in chosen:
+            raise ConfigError(key, value, f"given twice (also as {option.name!r})")
+        if option.convert is parse_backends:
+            chosen[option.attribute] = parse_backends(value, option.name)
+            continue
+        try:
+            chosen[option.attribute] = option.convert(value)
+        except ValueError as exc:
+            raise ConfigError(option.name, value, str(exc)) from None
+    for option in OPTIONS:
+        if option.default is REQUIRED and option.attribute not in chosen:
+            raise ConfigError(option.name, None, "is required")
+    settings = Settings(**chosen)
+    primaries = [b for b in settings.backends if not b.backup]
+    if len(primaries) < 2:
+        log.warning(
+            "only %d primary backend configured: that is a proxy, not a balancer; "
+            "load balancing needs two or more", len(primaries),
+        )
+    return settings
+
+
+def _known() -> str:
+    return ", ".join(o.name for o in OPTIONS)
+
+
+def options_table() -> str:
+    """The README's option table, generated from :data:`OPTIONS`."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for option in OPTIONS:
+        default = option.default_text or str(option.default)
+        rows.append(f"| `{option.name}` | {default} | {option.doc} |")
+    return "\n".join(rows)
+
