@@ -1,0 +1,184 @@
+"""Real servers on 127.0.0.1 with ephemeral ports, for the tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import waitress.server
+
+
+class ServerThread:
+    """A waitress server in a thread. ``stop()`` closes every connection,
+    like a Zope client that died; ``start()`` again binds the same port."""
+
+    def __init__(self, app: Any, port: int = 0, threads: int = 8, **adjustments: Any):
+        self.app = app
+        self.port = port
+        self.threads = threads
+        self.adjustments = adjustments
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> ServerThread:
+        self.server = waitress.server.create_server(
+            self.app, host="127.0.0.1", port=self.port, threads=self.threads,
+            clear_untrusted_proxy_headers=False, **self.adjustments,
+        )
+        self.port = self.server.effective_port
+        self.thread = threading.Thread(target=self.server.run, daemon=True,
+                                       name=f"backend-{self.port}")
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        done = threading.Event()
+
+        def close_all() -> None:
+            for channel in list(server._map.values()):
+                if channel is not server.trigger:
+                    channel.close()
+            done.set()
+
+        server.trigger.pull_trigger(close_all)
+        done.wait(5)
+        server.trigger.close()
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        assert self.thread is not None
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "backend thread did not stop"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class ScriptedServer:
+    """A raw HTTP/1.1 server on 127.0.0.1 for what waitress will not do on purpose:
+    send hop-by-hop headers, send garbage, or close a keep-alive connection just as
+    the next request on it arrives (the stale keep-alive race).
+
+    ``respond(request_head, index_on_connection)`` returns the raw bytes to send,
+    or None to close the connection without answering.
+    """
+
+    def __init__(self, respond: Any):
+        self.respond = respond
+        self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._running = True
+        self._threads: list[threading.Thread] = []
+        self._accept_thread = threading.Thread(target=self._accept, daemon=True)
+        self._accept_thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        buffer = b""
+        index = 0
+        with conn:
+            while self._running:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                length = 0
+                chunked = False
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                    if name.strip().lower() == b"transfer-encoding":
+                        chunked = b"chunked" in value.lower()
+                body = b""
+                if chunked:
+                    while True:
+                        while b"\r\n" not in buffer:
+                            data = conn.recv(65536)
+                            if not data:
+                                return
+                            buffer += data
+                        size_line, buffer = buffer.split(b"\r\n", 1)
+                        size = int(size_line.split(b";")[0], 16)
+                        while len(buffer) < size + 2:
+                            data = conn.recv(65536)
+                            if not data:
+                                return
+                            buffer += data
+                        body += buffer[:size]
+                        buffer = buffer[size + 2:]
+                        if size == 0:
+                            break
+                else:
+                    while len(buffer) < length:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buffer += data
+                    body, buffer = buffer[:length], buffer[length:]
+                self.requests.append(head)
+                self.bodies.append(body)
+                answer = self.respond(head, index)
+                index += 1
+                if answer is None:
+                    return
+                conn.sendall(answer)
+
+    def stop(self) -> None:
+        self._running = False
+        self._accept_thread.join(5)
+        self._sock.close()
+        for thread in self._threads:
+            thread.join(5)
