@@ -132,3 +132,15 @@ def routes(name: str = "backend") -> Any:
 
     app.echo = echo  # type: ignore[attr-defined]
     return app
+
+
+def local_app_factory(global_conf: dict, **local_conf: str) -> Any:
+    """The app a filter wraps in the PasteDeploy tests: says who answered."""
+
+    def local(environ, start_response):
+        body = f"local app: {environ['PATH_INFO']}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    return local

@@ -248,7 +248,13 @@ def _flag(word: str, convert: Callable[[str], int], value: str) -> int:
 
 def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, ...]:
     """Validate a whole backend list; the first bad line raises, naming its number."""
-    lines = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if isinstance(value, str):
+        # In an ini, the list starts on the line after "backends =": count from there.
+        lines = value.splitlines()
+        if lines and not lines[0].strip():
+            lines = lines[1:]
+    else:
+        lines = list(value)  # type: ignore[call-overload]
     specs: list[BackendSpec] = []
     seen_address: dict[str, int] = {}
     seen_id: dict[str, int] = {}

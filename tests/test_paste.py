@@ -1,0 +1,163 @@
+"""PasteDeploy wiring, `zope-lb serve` and `pserve` as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import urllib3
+from paste.deploy import loadapp
+from webtest import TestApp
+
+from servers import ServerThread, free_port, wait_until
+from zope_lb import ConfigError, LoadBalancer
+from apps import routes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def load(ini: str, **global_conf: str):
+    return loadapp(f"config:{os.path.join(HERE, 'ini', ini)}", global_conf=global_conf)
+
+
+def test_app_factory_from_ini_text(tmp_path, backends):
+    ini = tmp_path / "lb.ini"
+    lines = "\n    ".join(b.address for b in backends)
+    ini.write_text(f"[app:main]\nuse = egg:zope_lb\nbackends =\n    {lines}\n"
+                   "timeout.read = 30\nretries = 1\n")
+    app = loadapp(f"config:{ini}")
+    assert isinstance(app, LoadBalancer)
+    assert app.settings.timeout_read == 30.0 and app.settings.retries == 1
+    seen = {TestApp(app).get("/echo").headers["X-Backend"] for _ in range(3)}
+    assert seen == {"b0", "b1", "b2"}
+
+
+def test_bad_ini_stops_loading_with_key_and_rule(tmp_path):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[app:main]\nuse = egg:zope_lb\nbackends =\n    127.0.0.1:8081\n"
+                   "    http://127.0.0.1:8082\n")
+    with pytest.raises(ConfigError) as info:
+        loadapp(f"config:{ini}")
+    assert "backends line 2" in str(info.value)
+    assert "drop the 'http://' prefix" in str(info.value)
+
+
+def test_filter_sends_prefix_to_backends_and_rest_to_app(backends):
+    app = TestApp(load("filter.ini", test_backends=backends[0].address + "\n" + backends[1].address,
+                       test_fallback="false"))
+    assert app.get("/site/echo").json["path"] == "/site/echo"
+    assert app.get("/site").json["path"] == "/site"
+    assert app.get("/other").text == "local app: /other"
+    assert app.get("/sitemap").text == "local app: /sitemap"
+
+
+def test_filter_fallback_answers_when_no_backend_can(backends):
+    lb_app = load("filter.ini", test_backends=backends[0].address, test_fallback="true")
+    backends[0].stop()
+    assert TestApp(lb_app).get("/site/page").text == "local app: /site/page"
+
+
+def test_filter_without_fallback_gives_503(backends):
+    lb_app = load("filter.ini", test_backends=backends[0].address, test_fallback="false")
+    backends[0].stop()
+    TestApp(lb_app).get("/site/page", status=503)
+
+
+def test_ipv6_backend():
+    server = ServerThread(routes("v6"))
+    import waitress.server
+
+    server.server = None
+    srv = waitress.server.create_server(server.app, host="::1", port=0, threads=2)
+    import threading
+
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        port = srv.effective_port
+        app = TestApp(LoadBalancer([f"[::1]:{port}"], preserve_host=False))
+        res = app.get("/echo")
+        assert res.headers["X-Backend"] == "v6"
+        assert res.json["headers"]["Host"] == f"[::1]:{port}"
+    finally:
+        server.server = srv
+        server.thread = thread
+        server.stop()
+
+
+# -- real processes -------------------------------------------------------------------
+
+
+def write_ini(tmp_path, backends, port: int) -> str:
+    ini = tmp_path / "served.ini"
+    lines = "\n    ".join(b.address for b in backends)
+    ini.write_text(f"[app:main]\nuse = egg:zope_lb\nbackends =\n    {lines}\n\n"
+                   f"[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:{port}\n"
+                   "threads = 4\n")
+    return str(ini)
+
+
+def run_and_query(command: list[str], port: int, backends) -> None:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+    http = urllib3.PoolManager(retries=False, timeout=2)
+
+    def answers() -> bool:
+        try:
+            return http.request("GET", f"http://127.0.0.1:{port}/echo").status == 200
+        except urllib3.exceptions.HTTPError:
+            return proc.poll() is not None
+
+    try:
+        assert wait_until(answers, timeout=20), "server did not answer"
+        assert proc.poll() is None, proc.stdout.read().decode()
+        seen = {http.request("GET", f"http://127.0.0.1:{port}/echo").headers["X-Backend"]
+                for _ in range(6)}
+        assert seen == {b.app.echo.name for b in backends}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise
+
+
+@pytest.mark.slow
+def test_zope_lb_serve_answers_over_http(tmp_path, backends):
+    port = free_port()
+    ini = write_ini(tmp_path, backends[:2], port)
+    run_and_query([sys.executable, "-m", "zope_lb.cli", "serve", ini], port, backends[:2])
+
+
+@pytest.mark.slow
+def test_zope_lb_serve_refuses_bad_config_in_one_line(tmp_path):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[app:main]\nuse = egg:zope_lb\nbackends = 127.0.0.1\n"
+                   "[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:0\n")
+    result = subprocess.run([sys.executable, "-m", "zope_lb.cli", "serve", str(ini)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "backends line 1 '127.0.0.1': always include the port number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_pserve_serves_development_ini_style(tmp_path, backends):
+    pserve = shutil.which("pserve", path=os.path.dirname(sys.executable)) or shutil.which("pserve")
+    assert pserve, "pyramid's pserve is part of the test extra"
+    port = free_port()
+    ini = write_ini(tmp_path, backends[:2], port)
+    run_and_query([pserve, ini], port, backends[:2])
+
+
+def test_development_ini_loads():
+    app = loadapp(f"config:{os.path.join(ROOT, 'development.ini')}")
+    assert [b.address for b in app.pool.backends] == [
+        "127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
