@@ -85,6 +85,8 @@ def main(argv=None) -> None:
     ap.add_argument("--strategy", default="round_robin")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--cprofile", metavar="FILE")
+    ap.add_argument("--app", choices=("zope_lb", "bare"), default="zope_lb",
+                    help="serve bare_loop's app instead (to profile the reference)")
     args = ap.parse_args(argv)
 
     logging.basicConfig(
@@ -94,14 +96,19 @@ def main(argv=None) -> None:
 
     import waitress
 
-    from zope_lb import LoadBalancer
-
     profiles = None
     if args.cprofile:
         profiles = ThreadProfiles()
         profiles.start()
 
-    app = LoadBalancer(args.backends, strategy=args.strategy, **parse_opts(args.opt))
+    if args.app == "bare":
+        from bare_loop import make_app
+
+        app = make_app(args.backends, args.threads)
+    else:
+        from zope_lb import LoadBalancer
+
+        app = LoadBalancer(args.backends, strategy=args.strategy, **parse_opts(args.opt))
     server = waitress.create_server(
         app,
         host=args.host,

@@ -306,7 +306,8 @@ OPTIONS: tuple[Option, ...] = (
            "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`.",
            "(required)"),
     Option("strategy", as_strategy, "round_robin",
-           "How a backend is picked for each request (see *Choosing a strategy*)."),
+           "How a backend is picked: `round_robin` (smooth and weighted, as nginx), "
+           "or the name of a strategy plugin (see *Extending*)."),
     # Zope clients have few worker threads (default 4): more in flight only queue there.
     Option("maxconn", as_count, 4,
            "Connections kept per backend, unless its line says `maxconn=N`. "
@@ -328,8 +329,8 @@ OPTIONS: tuple[Option, ...] = (
            "Proxies in front of zope_lb (IPs or CIDRs) whose `X-Forwarded-*` headers are "
            "kept and extended; from anyone else they are replaced.", "(none)"),
     Option("prefix", as_prefix, "/",
-           "Filter only: requests whose path starts with this go to the backends, "
-           "the rest to the wrapped app."),
+           "Requests whose path starts with this go to the backends; the rest go to "
+           "the wrapped app (filter) or get a 404 (app)."),
     Option("fallback", as_bool, False,
            "Filter only: when no backend can take a request, the wrapped app "
            "answers it instead of a 502/503 page.", "false"),

@@ -1,0 +1,234 @@
+"""Tests for ``zope_lb.strategies``: smooth weighted round robin and the registry."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zope_lb import strategies
+from zope_lb.errors import ConfigError
+from zope_lb.settings import parse_settings
+from zope_lb.strategies import RoundRobin, Strategy, known_strategies, make_strategy
+
+
+@dataclass(eq=False)
+class Fake:
+    """A candidate: what a strategy may read of a backend (identity equality)."""
+
+    id: str
+    weight: int = 1
+    active: int = 0
+
+
+def backends(*weights: int) -> list[Fake]:
+    return [Fake("abcdefghijklmnopqrstuvwxyz"[i], w) for i, w in enumerate(weights)]
+
+
+def picks(rr: RoundRobin, candidates: list[Fake], n: int, avoid=()) -> str:
+    return "".join(rr.pick(candidates, {}, avoid).id for _ in range(n))
+
+
+# -- RoundRobin ------------------------------------------------------------------
+
+
+def test_weights_5_1_1_interleave_as_nginx() -> None:
+    assert picks(RoundRobin(), backends(5, 1, 1), 7) == "aabacaa"
+    rr = RoundRobin()
+    assert picks(rr, backends(5, 1, 1), 14) == "aabacaa" * 2
+
+
+def test_equal_weights_alternate() -> None:
+    assert picks(RoundRobin(), backends(1, 1, 1), 6) == "abcabc"
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights=st.lists(st.integers(0, 6), min_size=1, max_size=6).filter(any), cycles=st.integers(1, 3))
+def test_every_full_cycle_gives_each_backend_exactly_its_weight(
+    weights: list[int], cycles: int
+) -> None:
+    rr = RoundRobin()
+    candidates = backends(*weights)
+    total = sum(weights)
+    for _ in range(cycles):
+        counts = Counter(rr.pick(candidates, {}).id for _ in range(total))
+        assert counts == Counter({b.id: b.weight for b in candidates if b.weight})
+
+
+def test_weight_zero_is_never_picked() -> None:
+    rr = RoundRobin()
+    candidates = backends(0, 2, 0, 1)
+    assert set(picks(rr, candidates, 30)) == {"b", "d"}
+
+
+def test_avoid_is_respected() -> None:
+    rr = RoundRobin()
+    a, b, c = candidates = backends(5, 1, 1)
+    for _ in range(20):
+        assert rr.pick(candidates, {}, avoid=[a]) in (b, c)
+        assert rr.pick(candidates, {}, avoid={a, b}) is c
+
+
+@pytest.mark.parametrize(
+    "weights, avoid_ids",
+    [((), ""), ((0, 0), ""), ((1, 2), "ab"), ((0, 3), "b")],
+)
+def test_none_when_nothing_fits(weights: tuple[int, ...], avoid_ids: str) -> None:
+    candidates = backends(*weights)
+    avoid = [b for b in candidates if b.id in avoid_ids]
+    assert RoundRobin().pick(candidates, {}, avoid) is None
+
+
+def test_candidates_may_change_between_picks() -> None:
+    rr = RoundRobin()
+    a, b, c = backends(1, 1, 1)
+    assert rr.pick([a, b, c], {}) is a
+    assert rr.pick([b, c], {}) in (b, c)  # a went down
+    seen = Counter(rr.pick([a, b, c], {}).id for _ in range(30))  # and came back
+    assert seen == {"a": 10, "b": 10, "c": 10}
+    # a new backend joins; the others keep their rhythm
+    d = Fake("d")
+    seen = Counter(rr.pick([a, b, c, d], {}).id for _ in range(40))
+    assert seen == {"a": 10, "b": 10, "c": 10, "d": 10}
+
+
+def test_removed_backends_are_eventually_forgotten() -> None:
+    rr = RoundRobin()
+    for i in range(100):
+        rr.pick([Fake(f"gone{i}")], {})
+    rr.pick(backends(1, 1), {})
+    assert len(rr._score) <= 4 * 2 + 16 + 1
+    assert picks(rr, backends(1, 1), 4) in ("abab", "baba")
+
+
+def test_weights_can_change_between_picks() -> None:
+    rr = RoundRobin()
+    picks(rr, backends(1, 1), 3)
+    counts = Counter(picks(rr, backends(3, 1), 400))
+    assert counts["a"] == pytest.approx(300, abs=4)
+    assert counts["b"] == pytest.approx(100, abs=4)
+
+
+def test_round_robin_is_thread_safe() -> None:
+    rr = RoundRobin()
+    candidates = backends(3, 2, 1)
+    threads, per_thread = 8, 600  # 4800 picks: 800 full cycles of 6
+    results: list[Counter] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait(timeout=5)
+        counts = Counter(rr.pick(candidates, {}).id for _ in range(per_thread))
+        with lock:
+            results.append(counts)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in pool)
+    total = sum(results, Counter())
+    assert sum(total.values()) == threads * per_thread
+    assert total == {"a": 2400, "b": 1600, "c": 800}
+
+
+def test_round_robin_is_a_strategy() -> None:
+    assert isinstance(RoundRobin(), Strategy)
+
+
+# -- registry ------------------------------------------------------------------------
+
+
+def test_known_strategies_contains_round_robin() -> None:
+    assert "round_robin" in known_strategies()
+
+
+def test_make_strategy_returns_a_fresh_object() -> None:
+    first, second = make_strategy("round_robin"), make_strategy("round_robin")
+    assert isinstance(first, RoundRobin)
+    assert first is not second
+    first.pick(backends(1, 1), {})
+    assert second.pick(backends(1, 1), {}).id == "a"  # no shared scores
+
+
+def test_make_strategy_unknown_name() -> None:
+    with pytest.raises(KeyError):
+        make_strategy("no_such_strategy_" + uuid.uuid4().hex)
+
+
+PLUGIN_SOURCE = '''
+class First:
+    """Always the first candidate not avoided."""
+
+    def pick(self, candidates, environ, avoid=()):
+        return next((c for c in candidates if c not in avoid), None)
+
+
+class NoPick:
+    pass
+
+
+def factory():
+    return First()
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tiny installed distribution registering three strategies."""
+    module = "zlb_test_plugin_" + uuid.uuid4().hex[:8]
+    (tmp_path / f"{module}.py").write_text(PLUGIN_SOURCE)
+    dist = tmp_path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[zope_lb.strategies]\n"
+        f"first = {module}:First\n"
+        f"first_factory = {module}:factory\n"
+        f"no_pick = {module}:NoPick\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategies._plugins.cache_clear()
+    yield module
+    monkeypatch.undo()
+    sys.modules.pop(module, None)
+    strategies._plugins.cache_clear()
+
+
+def test_plugin_strategy_is_known_and_made(plugin: str) -> None:
+    assert {"round_robin", "first", "first_factory", "no_pick"} <= known_strategies()
+    for name in ("first", "first_factory"):
+        strategy = make_strategy(name)
+        assert type(strategy).__module__ == plugin
+        a, b = backends(1, 1)
+        assert strategy.pick([a, b], {}) is a
+        assert strategy.pick([a, b], {}, avoid=[a]) is b
+        assert make_strategy(name) is not strategy
+
+
+def test_plugin_strategy_is_accepted_by_settings(plugin: str) -> None:
+    assert parse_settings({"backends": "a:80\nb:80", "strategy": "first"}).strategy == "first"
+
+
+def test_plugin_without_pick_is_refused(plugin: str) -> None:
+    with pytest.raises(TypeError, match="'no_pick' has no pick"):
+        make_strategy("no_pick")
+
+
+def test_plugins_are_gone_with_their_distribution(plugin: str) -> None:
+    assert "first" in known_strategies()
+    strategies._plugins.cache_clear()
+    sys.path.remove(next(p for p in sys.path if Path(p).joinpath(f"{plugin}.py").exists()))
+    strategies._plugins.cache_clear()
+    assert "first" not in known_strategies()
+    with pytest.raises(ConfigError):
+        parse_settings({"backends": "a:80\nb:80", "strategy": "first"})
