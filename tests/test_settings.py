@@ -105,6 +105,13 @@ def test_line_numbers_count_blank_and_comment_lines() -> None:
     assert error.value == "b:80 flag"  # the comment is not part of the value
 
 
+def test_ini_value_counts_from_the_line_under_backends() -> None:
+    # An ini "backends =" value starts with an empty line; line 1 is the first backend.
+    error = _backends_error("\na:80\nhttp://b:80")
+    assert error.line == 2
+    assert str(error).startswith("backends line 2 'http://b:80'")
+
+
 @pytest.mark.parametrize(
     "lines, first, again, rule",
     [

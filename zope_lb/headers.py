@@ -147,7 +147,7 @@ def _raw_path(raw: str | None, path: str) -> str | None:
     if raw_path == path:
         return raw_path if raw_path.isascii() else quote(raw_path.encode("latin-1"),
                                                          safe=_PATH_SAFE + "%")
-    if "%" in raw_path and unquote_to_bytes(raw_path).decode("latin-1") == path:
+    if "%" in raw_path and unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1") == path:
         if raw_path.isascii():
             return raw_path
         return quote(raw_path.encode("latin-1"), safe=_PATH_SAFE + "%")

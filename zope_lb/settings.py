@@ -246,6 +246,15 @@ def _flag(word: str, convert: Callable[[str], int], value: str) -> int:
         raise ValueError(f"{word!r}: {exc}") from None
 
 
+def _identity(spec: BackendSpec) -> tuple[object, int]:
+    """What makes two backend lines the same server: host names compare without
+    case, IP addresses by value (``[::1]`` is ``[0:0::1]``)."""
+    try:
+        return ipaddress.ip_address(spec.host), spec.port
+    except ValueError:
+        return spec.host.lower(), spec.port
+
+
 def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, ...]:
     """Validate a whole backend list; the first bad line raises, naming its number."""
     if isinstance(value, str):
@@ -256,8 +265,8 @@ def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, .
     else:
         lines = list(value)  # type: ignore[call-overload]
     specs: list[BackendSpec] = []
-    seen_address: dict[str, int] = {}
-    seen_id: dict[str, int] = {}
+    seen_address: dict[object, tuple[int, str]] = {}
+    seen_id: dict[object, tuple[int, str]] = {}
     for number, raw in enumerate(lines, start=1):
         if not isinstance(raw, str):
             raise ConfigError(key, raw, "each backend must be a 'host:port' string", number)
@@ -268,14 +277,19 @@ def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, .
             spec = parse_backend_line(text)
         except ValueError as exc:
             raise ConfigError(key, text, str(exc), number) from None
-        for seen, value_, what in ((seen_address, spec.address, "backend"),
-                                   (seen_id, spec.id, "id")):
-            if value_ in seen:
+        for seen, identity, name, what in (
+            (seen_address, _identity(spec), spec.address, "backend"),
+            (seen_id, spec.id, spec.id, "id"),
+        ):
+            if identity in seen:
+                first_line, first_name = seen[identity]
+                spelled = f" as {first_name!r}" if first_name != name else ""
                 raise ConfigError(
-                    key, text, f"duplicate {what} {value_!r}, already on line {seen[value_]}",
+                    key, text,
+                    f"duplicate {what} {name!r}, already on line {first_line}{spelled}",
                     number,
                 )
-            seen[value_] = number
+            seen[identity] = (number, name)
         specs.append(spec)
     if not specs:
         raise ConfigError(key, value, "at least one backend 'host:port' is required")
@@ -374,12 +388,14 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
     Unknown names are refused; missing ones take their default.
     """
     chosen: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in values.items():
         option = _BY_NAME.get(key)
         if option is None:
             raise ConfigError(key, value, f"unknown option; known options: {_known()}")
-        if option.attribute in chosen:
-            raise ConfigError(key, value, f"given twice (also as {option.name!r})")
+        if option.attribute in given_as:
+            raise ConfigError(key, value, f"given twice (also as {given_as[option.attribute]!r})")
+        given_as[option.attribute] = key
         if option.convert is parse_backends:
             chosen[option.attribute] = parse_backends(value, option.name)
             continue
