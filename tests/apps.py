@@ -62,7 +62,8 @@ def routes(name: str = "backend") -> Any:
 
     def app(environ, start_response):
         path = environ["PATH_INFO"]
-        query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+        query_string = environ.get("QUERY_STRING", "")
+        query = dict(p.split("=", 1) for p in query_string.split("&") if "=" in p)
         if path.startswith("/slow"):
             time.sleep(float(query.get("s", "1")))
             start_response("200 OK", [("Content-Type", "text/plain"), ("X-Backend", name)])

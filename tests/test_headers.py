@@ -39,14 +39,19 @@ def environ(**extra: object) -> dict:
     return base
 
 
-# -- request_headers ----------------------------------------------------------------
+# -- request_headers ----------------------------------------------------------
 
 
 def test_ordinary_headers_pass_with_their_http_names() -> None:
-    headers = request_headers(environ(
-        HTTP_ACCEPT="text/html", HTTP_COOKIE="__ac=abc", HTTP_USER_AGENT="curl",
-        HTTP_IF_NONE_MATCH='"x"', HTTP_X_CUSTOM_THING="1",
-    ))
+    headers = request_headers(
+        environ(
+            HTTP_ACCEPT="text/html",
+            HTTP_COOKIE="__ac=abc",
+            HTTP_USER_AGENT="curl",
+            HTTP_IF_NONE_MATCH='"x"',
+            HTTP_X_CUSTOM_THING="1",
+        )
+    )
     assert headers["Accept"] == "text/html"
     assert headers["Cookie"] == "__ac=abc"
     assert headers["User-Agent"] == "curl"
@@ -63,10 +68,14 @@ def test_hop_by_hop_request_headers_are_dropped(name: str) -> None:
 
 
 def test_headers_named_in_connection_are_dropped() -> None:
-    headers = request_headers(environ(
-        HTTP_CONNECTION="keep-alive, X-Secret ,x-other-thing",
-        HTTP_X_SECRET="s", HTTP_X_OTHER_THING="o", HTTP_X_KEPT="k",
-    ))
+    headers = request_headers(
+        environ(
+            HTTP_CONNECTION="keep-alive, X-Secret ,x-other-thing",
+            HTTP_X_SECRET="s",
+            HTTP_X_OTHER_THING="o",
+            HTTP_X_KEPT="k",
+        )
+    )
     lower = {h.lower() for h in headers}
     assert "connection" not in lower
     assert "x-secret" not in lower
@@ -75,7 +84,11 @@ def test_headers_named_in_connection_are_dropped() -> None:
 
 
 def test_connection_tokens() -> None:
-    assert connection_tokens(" Keep-Alive, ,X-Foo,,close ") == {"keep-alive", "x-foo", "close"}
+    assert connection_tokens(" Keep-Alive, ,X-Foo,,close ") == {
+        "keep-alive",
+        "x-foo",
+        "close",
+    }
     assert connection_tokens("") == frozenset()
 
 
@@ -99,7 +112,9 @@ def test_host_is_left_out_when_not_preserve_host() -> None:
         ({"SERVER_PORT": "80", "wsgi.url_scheme": "https"}, "lb.example.org:80"),
     ],
 )
-def test_host_without_host_header_comes_from_server_name(extra: dict, host: str) -> None:
+def test_host_without_host_header_comes_from_server_name(
+    extra: dict, host: str
+) -> None:
     env = environ(**extra)
     del env["HTTP_HOST"]
     headers = request_headers(env)
@@ -109,8 +124,10 @@ def test_host_without_host_header_comes_from_server_name(extra: dict, host: str)
 
 def test_untrusted_peer_forwarded_headers_are_replaced() -> None:
     env = environ(
-        HTTP_X_FORWARDED_FOR="6.6.6.6", HTTP_X_FORWARDED_PROTO="https",
-        HTTP_X_FORWARDED_HOST="evil.example", HTTP_X_FORWARDED_PORT="443",
+        HTTP_X_FORWARDED_FOR="6.6.6.6",
+        HTTP_X_FORWARDED_PROTO="https",
+        HTTP_X_FORWARDED_HOST="evil.example",
+        HTTP_X_FORWARDED_PORT="443",
     )
     headers = request_headers(env, trusted=net("10.0.0.0/8"))
     assert headers["X-Forwarded-For"] == "192.0.2.10"
@@ -124,7 +141,9 @@ def test_no_trusted_proxies_means_forwarded_headers_are_replaced() -> None:
     assert headers["X-Forwarded-For"] == "192.0.2.10"
 
 
-@pytest.mark.parametrize("trusted", [("192.0.2.10",), ("192.0.2.0/24",), ("10.0.0.0/8", "192.0.0.0/8")])
+@pytest.mark.parametrize(
+    "trusted", [("192.0.2.10",), ("192.0.2.0/24",), ("10.0.0.0/8", "192.0.0.0/8")]
+)
 def test_trusted_peer_forwarded_for_is_appended(trusted: tuple[str, ...]) -> None:
     env = environ(HTTP_X_FORWARDED_FOR="203.0.113.5, 198.51.100.1")
     headers = request_headers(env, trusted=net(*trusted))
@@ -144,7 +163,8 @@ def test_trusted_ipv6_peer_by_cidr() -> None:
 
 def test_trusted_peer_proto_host_port_are_kept() -> None:
     env = environ(
-        HTTP_X_FORWARDED_PROTO="https", HTTP_X_FORWARDED_HOST="public.example",
+        HTTP_X_FORWARDED_PROTO="https",
+        HTTP_X_FORWARDED_HOST="public.example",
         HTTP_X_FORWARDED_PORT="443",
     )
     headers = request_headers(env, trusted=net("192.0.2.0/24"))
@@ -175,24 +195,33 @@ def test_content_type_is_passed() -> None:
 
 
 def test_non_header_environ_keys_are_ignored() -> None:
-    headers = request_headers(environ(**{"wsgi.input": object(), "REMOTE_USER": "admin"}))
+    headers = request_headers(
+        environ(**{"wsgi.input": object(), "REMOTE_USER": "admin"})
+    )
     assert set(headers) == {
-        "Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port",
+        "Host",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Forwarded-Port",
     }
 
 
 @pytest.mark.parametrize("trusted", [(), net("192.0.2.0/24")])
 def test_callers_environ_is_not_modified(trusted: tuple) -> None:
     env = environ(
-        HTTP_CONNECTION="close, X-Drop", HTTP_X_DROP="1", HTTP_TE="trailers",
-        HTTP_X_FORWARDED_FOR="203.0.113.5", CONTENT_TYPE="text/plain",
+        HTTP_CONNECTION="close, X-Drop",
+        HTTP_X_DROP="1",
+        HTTP_TE="trailers",
+        HTTP_X_FORWARDED_FOR="203.0.113.5",
+        CONTENT_TYPE="text/plain",
     )
     before = copy.deepcopy(env)
     request_headers(env, trusted=trusted, preserve_host=False)
     assert env == before
 
 
-# -- response_headers ---------------------------------------------------------------
+# -- response_headers ---------------------------------------------------------
 
 
 def test_response_hop_by_hop_and_connection_named_are_dropped() -> None:
@@ -208,7 +237,10 @@ def test_response_hop_by_hop_and_connection_named_are_dropped() -> None:
         ("x-backend-private", "secret"),
         ("X-Powered-By", "Zope"),
     ]
-    assert response_headers(items) == [("Content-Type", "text/html"), ("X-Powered-By", "Zope")]
+    assert response_headers(items) == [
+        ("Content-Type", "text/html"),
+        ("X-Powered-By", "Zope"),
+    ]
 
 
 def test_repeated_set_cookie_kept_in_order() -> None:
@@ -221,7 +253,7 @@ def test_repeated_set_cookie_kept_in_order() -> None:
     assert response_headers(iter(items)) == items
 
 
-# -- upstream_target ----------------------------------------------------------------
+# -- upstream_target ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -233,8 +265,10 @@ def test_repeated_set_cookie_kept_in_order() -> None:
         ({"PATH_INFO": "/a", "QUERY_STRING": "b=%20c&d=e+f"}, "/a?b=%20c&d=e+f"),
         ({"PATH_INFO": "/a b", "QUERY_STRING": ""}, "/a%20b"),
         ({"PATH_INFO": "/a?b#c"}, "/a%3Fb%23c"),
-        ({"PATH_INFO": "/@@view/++resource++x/a:b;c=d,e!$&'()*+~"},
-         "/@@view/++resource++x/a:b;c=d,e!$&'()*+~"),
+        (
+            {"PATH_INFO": "/@@view/++resource++x/a:b;c=d,e!$&'()*+~"},
+            "/@@view/++resource++x/a:b;c=d,e!$&'()*+~",
+        ),
         ({"PATH_INFO": "/100%"}, "/100%25"),
     ],
 )
@@ -289,7 +323,9 @@ def test_target_falls_back_to_quoting_path_info(env: dict, target: str) -> None:
 def test_absolute_form_request_line_keeps_only_path_and_query(
     raw: str, path: str, query: str, target: str
 ) -> None:
-    result = upstream_target({"REQUEST_URI": raw, "PATH_INFO": path, "QUERY_STRING": query})
+    result = upstream_target(
+        {"REQUEST_URI": raw, "PATH_INFO": path, "QUERY_STRING": query}
+    )
     assert result == target
     assert "elsewhere" not in result
 
@@ -321,8 +357,10 @@ def test_raw_non_ascii_request_line_keeps_the_clients_percent_encoding() -> None
         ({"SCRIPT_NAME": "/site", "PATH_INFO": "/x"}, "/site/x"),
         ({"SCRIPT_NAME": "/site", "PATH_INFO": ""}, "/site"),
         ({"SCRIPT_NAME": "/my site", "PATH_INFO": "/x y"}, "/my%20site/x%20y"),
-        ({"SCRIPT_NAME": "/site", "PATH_INFO": "/a/b", "REQUEST_URI": "/site/a%2Fb"},
-         "/site/a%2Fb"),
+        (
+            {"SCRIPT_NAME": "/site", "PATH_INFO": "/a/b", "REQUEST_URI": "/site/a%2Fb"},
+            "/site/a%2Fb",
+        ),
         ({"SCRIPT_NAME": "/site", "PATH_INFO": "/x", "QUERY_STRING": "q"}, "/site/x?q"),
     ],
 )
@@ -330,12 +368,12 @@ def test_script_name_is_prefixed(env: dict, target: str) -> None:
     assert upstream_target(env) == target
 
 
-# -- properties -------------------------------------------------------------------------
+# -- properties ---------------------------------------------------------------
 
 _raw_chars = st.one_of(
     st.sampled_from(list("abcXYZ019/-._~%?#:@!$&'()*+,;= ")),
-    st.builds(lambda b: "%%%02X" % b, st.integers(0, 255)),
-    st.builds(lambda b: "%%%02x" % b, st.integers(0, 255)),
+    st.builds(lambda b: f"%{b:02X}", st.integers(0, 255)),
+    st.builds(lambda b: f"%{b:02x}", st.integers(0, 255)),
     st.builds(chr, st.integers(0x80, 0xFF)),  # raw bytes >= 0x80 in the request line
 )
 
@@ -354,7 +392,10 @@ def request_paths(draw: st.DrawFn) -> bytes:
 def test_target_is_ascii_and_unquotes_to_the_path_bytes(raw: bytes) -> None:
     raw = raw.split(b"?")[0]
     original = unquote_to_bytes(raw)
-    env = {"PATH_INFO": original.decode("latin-1"), "REQUEST_URI": raw.decode("latin-1")}
+    env = {
+        "PATH_INFO": original.decode("latin-1"),
+        "REQUEST_URI": raw.decode("latin-1"),
+    }
     target = upstream_target(env)
     assert target.isascii()
     assert unquote_to_bytes(target) == original
@@ -369,13 +410,18 @@ def test_target_is_ascii_and_unquotes_to_the_path_bytes(raw: bytes) -> None:
 @given(st.binary(max_size=30))
 def test_quoting_any_path_bytes_round_trips(path: bytes) -> None:
     path = b"/" + path
-    target = upstream_target({"REQUEST_URI": quote(path), "PATH_INFO": path.decode("latin-1")})
+    target = upstream_target(
+        {"REQUEST_URI": quote(path), "PATH_INFO": path.decode("latin-1")}
+    )
     assert target.isascii()
     assert unquote_to_bytes(target) == path
 
 
-_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-",
-                 min_size=1, max_size=12)
+_token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-",
+    min_size=1,
+    max_size=12,
+)
 _header_names = st.one_of(
     st.sampled_from(sorted(HOP_BY_HOP)),
     st.sampled_from([h.upper() for h in HOP_BY_HOP]),
@@ -403,8 +449,13 @@ def test_no_hop_by_hop_header_ever_comes_out(
     out = request_headers(env, net("192.0.2.0/24") if trusted else (), preserve_host)
     lower = {h.lower() for h in out}
     assert not lower & HOP_BY_HOP
-    dropped = {n.lower() for n in named} - {"host", "x-forwarded-for", "x-forwarded-proto",
-                                            "x-forwarded-host", "x-forwarded-port"}
+    dropped = {n.lower() for n in named} - {
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+    }
     assert not lower & dropped
 
 

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 import urllib3
+from apps import routes
 from paste.deploy import loadapp
+from servers import ServerThread, free_port, wait_until
 from webtest import TestApp
 
-from servers import ServerThread, free_port, wait_until
 from zope_lb import ConfigError, LoadBalancer
-from apps import routes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import json
 import logging
@@ -11,9 +10,9 @@ from collections import Counter
 
 import pytest
 import urllib3
+from servers import ScriptedServer, ServerThread
 from webtest import TestApp
 
-from servers import ScriptedServer, ServerThread
 from zope_lb import LoadBalancer
 
 

@@ -30,5 +30,6 @@ def test_quickstart_has_the_two_commands_ci_runs():
     assert "python -m pip install -e '.[test]' && zope-lb demo" in text
     test_command = "python -m pip install -e '.[test]' && python -m pytest"
     assert test_command in text
-    ci = open(os.path.join(os.path.dirname(README), ".ci", "run"), encoding="utf-8").read()
+    with open(os.path.join(os.path.dirname(README), ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read()
     assert test_command in ci

@@ -33,7 +33,7 @@ def _backends_error(value: object) -> ConfigError:
     return info.value
 
 
-# -- backend lines: every rule -------------------------------------------------
+# -- backend lines: every rule ------------------------------------------------
 
 # (the bad line, words its rule must contain)
 BAD_BACKEND_LINES = [
@@ -96,7 +96,10 @@ def test_config_error_is_a_value_error_and_a_zope_lb_error() -> None:
     error = _backends_error("http://a:80")
     assert isinstance(error, ValueError)
     assert isinstance(error, ZopeLBError)
-    assert str(error) == "backends line 1 'http://a:80': drop the 'http://' prefix, write host:port"
+    assert (
+        str(error)
+        == "backends line 1 'http://a:80': drop the 'http://' prefix, write host:port"
+    )
 
 
 def test_line_numbers_count_blank_and_comment_lines() -> None:
@@ -116,9 +119,24 @@ def test_ini_value_counts_from_the_line_under_backends() -> None:
     "lines, first, again, rule",
     [
         ("a:80\nb:80\na:80", 1, 3, "duplicate backend 'a:80', already on line 1"),
-        ("a:80\n\nb:80 id=x\na:80 weight=3", 1, 4, "duplicate backend 'a:80', already on line 1"),
-        ("[::1]:80\n[::1]:80 backup", 1, 2, "duplicate backend '[::1]:80', already on line 1"),
-        ("a:80 id=one\nb:80\nc:80 id=one", 1, 3, "duplicate id 'one', already on line 1"),
+        (
+            "a:80\n\nb:80 id=x\na:80 weight=3",
+            1,
+            4,
+            "duplicate backend 'a:80', already on line 1",
+        ),
+        (
+            "[::1]:80\n[::1]:80 backup",
+            1,
+            2,
+            "duplicate backend '[::1]:80', already on line 1",
+        ),
+        (
+            "a:80 id=one\nb:80\nc:80 id=one",
+            1,
+            3,
+            "duplicate id 'one', already on line 1",
+        ),
     ],
 )
 def test_duplicate_backend_or_id_names_the_first_line(
@@ -168,7 +186,7 @@ def test_backends_are_required() -> None:
     assert "is required" in str(error)
 
 
-# -- backend lines: valid -----------------------------------------------------------
+# -- backend lines: valid -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -194,7 +212,9 @@ def test_valid_addresses(line: str, host: str, port: int) -> None:
 
 def test_flags_are_parsed_in_any_order() -> None:
     spec = parse_backend_line("zope2:8081  backup id=z2.b maxconn=8 weight=0")
-    assert spec == BackendSpec("zope2", 8081, weight=0, backup=True, maxconn=8, id="z2.b")
+    assert spec == BackendSpec(
+        "zope2", 8081, weight=0, backup=True, maxconn=8, id="z2.b"
+    )
 
 
 @pytest.mark.parametrize(
@@ -216,7 +236,10 @@ def test_backend_spec_address(spec: BackendSpec, address: str) -> None:
         ("a:80", "a:80"),
         ("[::1]:80", "[::1]:80"),
         ("a:80 weight=1 backup", "a:80  backup"),
-        ("a:80 backup maxconn=0 weight=3 id=first", "a:80  id=first  weight=3  maxconn=0  backup"),
+        (
+            "a:80 backup maxconn=0 weight=3 id=first",
+            "a:80  id=first  weight=3  maxconn=0  backup",
+        ),
     ],
 )
 def test_backend_spec_line_round_trips(line: str, expected: str) -> None:
@@ -243,7 +266,9 @@ def test_list_input_is_accepted_like_text() -> None:
     from_list = parse_backends(["a:80", "  ", "b:81 weight=2", "# c:82"])
     from_text = parse_backends("a:80\n  \nb:81 weight=2\n# c:82")
     assert from_list == from_text
-    assert parse_settings({"backends": ("a:80", "b:81")}).backends == parse_backends("a:80\nb:81")
+    assert parse_settings({"backends": ("a:80", "b:81")}).backends == parse_backends(
+        "a:80\nb:81"
+    )
 
 
 def test_backend_specs_are_frozen() -> None:
@@ -252,7 +277,7 @@ def test_backend_specs_are_frozen() -> None:
         spec.port = 81  # type: ignore[misc]
 
 
-# -- options --------------------------------------------------------------------
+# -- options ------------------------------------------------------------------
 
 
 def test_defaults() -> None:
@@ -288,14 +313,16 @@ def test_settings_are_frozen() -> None:
 
 
 def test_dotted_and_underscore_names_are_both_accepted() -> None:
-    result = parse_settings({
-        "backends": "a:80\nb:80",
-        "timeout.read": "60",
-        "timeout_connect": "2",
-        "passive.fall": "5",
-        "passive_cooldown": "1m",
-        "forwarded_trusted": "10.0.0.1",
-    })
+    result = parse_settings(
+        {
+            "backends": "a:80\nb:80",
+            "timeout.read": "60",
+            "timeout_connect": "2",
+            "passive.fall": "5",
+            "passive_cooldown": "1m",
+            "forwarded_trusted": "10.0.0.1",
+        }
+    )
     assert result.timeout_read == 60.0
     assert result.timeout_connect == 2.0
     assert result.passive_fall == 5
@@ -304,21 +331,38 @@ def test_dotted_and_underscore_names_are_both_accepted() -> None:
 
 
 def test_python_values_are_accepted_as_well_as_strings() -> None:
-    result = parse_settings({
-        "backends": ["a:80", "b:80"], "maxconn": 8, "timeout_read": 2.5,
-        "preserve_host": False, "retries": 0,
-    })
-    assert (result.maxconn, result.timeout_read, result.preserve_host, result.retries) == (
-        8, 2.5, False, 0,
+    result = parse_settings(
+        {
+            "backends": ["a:80", "b:80"],
+            "maxconn": 8,
+            "timeout_read": 2.5,
+            "preserve_host": False,
+            "retries": 0,
+        }
+    )
+    assert (
+        result.maxconn,
+        result.timeout_read,
+        result.preserve_host,
+        result.retries,
+    ) == (
+        8,
+        2.5,
+        False,
+        0,
     )
 
 
 def test_maxconn_of_falls_back_to_the_global_maxconn() -> None:
-    result = parse_settings({"backends": "a:80\nb:80 maxconn=1\nc:80 maxconn=0", "maxconn": "6"})
+    result = parse_settings(
+        {"backends": "a:80\nb:80 maxconn=1\nc:80 maxconn=0", "maxconn": "6"}
+    )
     a, b, c = result.backends
     assert result.maxconn_of(a) == 6
     assert result.maxconn_of(b) == 1
-    assert result.maxconn_of(c) == 0  # 0 on the line means unlimited, not "use the global"
+    assert (
+        result.maxconn_of(c) == 0
+    )  # 0 on the line means unlimited, not "use the global"
 
 
 def test_unknown_option_names_it_and_lists_the_known_ones() -> None:
@@ -335,8 +379,11 @@ def test_unknown_option_names_it_and_lists_the_known_ones() -> None:
         ({"timeout.read": "5", "timeout_read": "6"}, "timeout_read", "timeout.read"),
         # "also as" must name the *other* spelling, the one given first.
         ({"passive_fall": "5", "passive.fall": "6"}, "passive.fall", "passive_fall"),
-        ({"forwarded.trusted": "", "forwarded_trusted": "10.0.0.1"}, "forwarded_trusted",
-         "forwarded.trusted"),
+        (
+            {"forwarded.trusted": "", "forwarded_trusted": "10.0.0.1"},
+            "forwarded_trusted",
+            "forwarded.trusted",
+        ),
     ],
 )
 def test_option_given_twice_is_refused(values: dict, key: str, other: str) -> None:
@@ -351,7 +398,10 @@ def test_option_given_twice_is_refused(values: dict, key: str, other: str) -> No
     "text, expected",
     [
         *[(t, True) for t in ("yes", "YES", "on", "On", "1", "true", "True", " true ")],
-        *[(t, False) for t in ("no", "No", "off", "OFF", "0", "false", "False", " no ")],
+        *[
+            (t, False)
+            for t in ("no", "No", "off", "OFF", "0", "false", "False", " no ")
+        ],
         (True, True),
         (False, False),
         (1, True),
@@ -359,23 +409,42 @@ def test_option_given_twice_is_refused(values: dict, key: str, other: str) -> No
     ],
 )
 def test_booleans_accepted(text: object, expected: bool) -> None:
-    assert parse_settings({"backends": "a:80\nb:80", "fallback": text}).fallback is expected
-    assert parse_settings({"backends": "a:80\nb:80", "preserve_host": text}).preserve_host is expected
+    assert (
+        parse_settings({"backends": "a:80\nb:80", "fallback": text}).fallback
+        is expected
+    )
+    assert (
+        parse_settings({"backends": "a:80\nb:80", "preserve_host": text}).preserve_host
+        is expected
+    )
 
 
-@pytest.mark.parametrize("text", ["yes please", "", "y", "n", "2", "truee", "none", None])
+@pytest.mark.parametrize(
+    "text", ["yes please", "", "y", "n", "2", "truee", "none", None]
+)
 @pytest.mark.parametrize("key", ["preserve_host", "fallback"])
 def test_booleans_are_strict(key: str, text: object) -> None:
     error = _config_error({"backends": "a:80", key: text})
     assert error.key == key
-    assert str(error) == f"{key} {text!r}: must be true or false (also yes/no, on/off, 1/0)"
+    assert (
+        str(error)
+        == f"{key} {text!r}: must be true or false (also yes/no, on/off, 1/0)"
+    )
 
 
 @pytest.mark.parametrize(
     "text, seconds",
     [
-        ("5", 5.0), ("2.5", 2.5), ("500ms", 0.5), ("30s", 30.0), ("2m", 120.0),
-        (" 10 s ", 10.0), (".5", 0.5), ("1.", 1.0), (7, 7.0), (0.25, 0.25),
+        ("5", 5.0),
+        ("2.5", 2.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("2m", 120.0),
+        (" 10 s ", 10.0),
+        (".5", 0.5),
+        ("1.", 1.0),
+        (7, 7.0),
+        (0.25, 0.25),
     ],
 )
 @pytest.mark.parametrize("key", ["timeout.connect", "timeout.read", "passive.cooldown"])
@@ -425,7 +494,12 @@ def test_whole_numbers_refused(key: str, text: object, rule: str) -> None:
 
 @pytest.mark.parametrize(
     "key, text, expected",
-    [("maxconn", "0", 0), ("maxconn", " 12 ", 12), ("retries", "0", 0), ("passive.fall", "1", 1)],
+    [
+        ("maxconn", "0", 0),
+        ("maxconn", " 12 ", 12),
+        ("retries", "0", 0),
+        ("passive.fall", "1", 1),
+    ],
 )
 def test_whole_numbers_accepted(key: str, text: str, expected: int) -> None:
     result = parse_settings({"backends": "a:80\nb:80", key: text})
@@ -440,7 +514,10 @@ def test_whole_numbers_accepted(key: str, text: str, expected: int) -> None:
         ("10.0.0.0/8 192.168.1.7", ("10.0.0.0/8", "192.168.1.7/32")),
         ("10.0.0.0/8,::1", ("10.0.0.0/8", "::1/128")),
         ("\n  10.1.2.3/16\n  fd00::/8\n", ("10.1.0.0/16", "fd00::/8")),
-        (["10.0.0.1", "10.0.0.2, 10.0.0.3"], ("10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32")),
+        (
+            ["10.0.0.1", "10.0.0.2, 10.0.0.3"],
+            ("10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"),
+        ),
     ],
 )
 def test_forwarded_trusted_accepted(value: object, expected: tuple[str, ...]) -> None:
@@ -448,17 +525,26 @@ def test_forwarded_trusted_accepted(value: object, expected: tuple[str, ...]) ->
     assert result.forwarded_trusted == tuple(ipaddress.ip_network(n) for n in expected)
 
 
-@pytest.mark.parametrize("bad", ["proxy.example.org", "10.0.0.0/33", "300.1.1.1", "10.0.0.1/x"])
+@pytest.mark.parametrize(
+    "bad", ["proxy.example.org", "10.0.0.0/33", "300.1.1.1", "10.0.0.1/x"]
+)
 def test_forwarded_trusted_refused(bad: str) -> None:
     error = _config_error({"backends": "a:80", "forwarded.trusted": f"10.0.0.1 {bad}"})
     assert error.key == "forwarded.trusted"
     assert error.value == f"10.0.0.1 {bad}"
-    assert f"{bad!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8)" in str(error)
+    assert (
+        f"{bad!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8)"
+        in str(error)
+    )
 
 
-@pytest.mark.parametrize("value, expected", [("/", "/"), ("/plone", "/plone"), (" /a/b/ ", "/a/b/")])
+@pytest.mark.parametrize(
+    "value, expected", [("/", "/"), ("/plone", "/plone"), (" /a/b/ ", "/a/b/")]
+)
 def test_prefix_accepted(value: str, expected: str) -> None:
-    assert parse_settings({"backends": "a:80\nb:80", "prefix": value}).prefix == expected
+    assert (
+        parse_settings({"backends": "a:80\nb:80", "prefix": value}).prefix == expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -479,19 +565,21 @@ def test_prefix_refused(value: str, rule: str) -> None:
 
 
 def test_strategy_accepted() -> None:
-    assert parse_settings({"backends": "a:80\nb:80", "strategy": " round_robin "}).strategy == (
-        "round_robin"
-    )
+    assert parse_settings(
+        {"backends": "a:80\nb:80", "strategy": " round_robin "}
+    ).strategy == ("round_robin")
 
 
 def test_unknown_strategy_lists_the_known_ones() -> None:
     error = _config_error({"backends": "a:80", "strategy": "fastest"})
     assert error.key == "strategy"
-    assert str(error).startswith("strategy 'fastest': unknown strategy; choose one of: ")
+    assert str(error).startswith(
+        "strategy 'fastest': unknown strategy; choose one of: "
+    )
     assert "round_robin" in str(error)
 
 
-# -- the single-primary warning ---------------------------------------------------
+# -- the single-primary warning -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -519,7 +607,7 @@ def test_two_primaries_are_not_warned_about(
     assert [r for r in caplog.records if r.name == "zope_lb.settings"] == []
 
 
-# -- the README option table ---------------------------------------------------------
+# -- the README option table --------------------------------------------------
 
 
 def test_options_table_lists_every_option() -> None:
@@ -528,8 +616,18 @@ def test_options_table_lists_every_option() -> None:
     assert lines[:2] == ["| option | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
     assert len(rows) == len(OPTIONS)
-    for option, row in zip(OPTIONS, rows):
+    for option, row in zip(OPTIONS, rows, strict=True):
         assert row.startswith(f"| `{option.name}` | ")
         assert option.doc in row
         assert (option.default_text or str(option.default)) in row
     assert "(required)" in rows[0]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"backends": 5}, "backends"),
+    ({"backends": "a:80\nb:80", "forwarded.trusted": 5}, "forwarded.trusted"),
+])
+def test_values_of_the_wrong_type_are_config_errors(values, key):
+    with pytest.raises(ConfigError) as info:
+        parse_settings(values)
+    assert info.value.key == key

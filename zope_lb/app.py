@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from urllib3 import HTTPConnectionPool
@@ -19,7 +20,7 @@ from .errors import UpstreamError
 from .pages import error_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import ClientBodyError, Proxy
-from .settings import Settings, parse_settings
+from .settings import Settings, parse_backends, parse_settings
 from .strategies import make_strategy
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,27 @@ class LoadBalancer:
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
         **options: Any,
     ):
-        self.settings: Settings = parse_settings({"backends": backends, **options})
-        self._options = options
+        settings = parse_settings({"backends": backends, **options})
+        self._setup(settings, app, clock, pool_factory)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        app: WSGIApp | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+    ) -> LoadBalancer:
+        """A balancer for already validated settings (the PasteDeploy factories
+        use this, so no ini key can ever reach a keyword meant for tests)."""
+        balancer = cls.__new__(cls)
+        balancer._setup(settings, app, clock, pool_factory)
+        return balancer
+
+    def _setup(self, settings: Settings, app: WSGIApp | None,
+               clock: Callable[[], float], pool_factory: Callable[..., Any]) -> None:
+        self.settings = settings
         self.app = app
         self.pool = BackendPool(self.settings, pool_factory=pool_factory)
         self.strategy = make_strategy(self.settings.strategy)
@@ -88,7 +108,7 @@ class LoadBalancer:
         """Replace the backend list at once: validated whole first, then applied;
         new backends take requests, removed ones drain. ConfigError leaves the
         running list unchanged."""
-        settings = parse_settings({**self._options, "backends": backends})
+        settings = replace(self.settings, backends=parse_backends(backends))
         self.pool.reconfigure(settings)
         self.settings = settings
 

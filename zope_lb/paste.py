@@ -9,29 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .app import LoadBalancer, WSGIApp
-from .errors import ConfigError
-
-
-def _backends(local_conf: dict[str, str]) -> str:
-    try:
-        return local_conf.pop("backends")
-    except KeyError:
-        raise ConfigError("backends", None, "is required: one host:port per line") from None
+from .settings import parse_settings
 
 
 def app_factory(global_conf: dict[str, str], **local_conf: str) -> LoadBalancer:
     """``[app:main] use = egg:zope_lb``."""
-    return LoadBalancer(_backends(local_conf), **local_conf)
+    return LoadBalancer.from_settings(parse_settings(local_conf))
 
 
 def filter_factory(
     global_conf: dict[str, str], **local_conf: str
 ) -> Callable[[WSGIApp], LoadBalancer]:
     """``[filter:lb] use = egg:zope_lb#balancer``: wraps the next app in the pipeline."""
-    balancer = LoadBalancer(_backends(local_conf), **local_conf)  # validates now
+    settings = parse_settings(local_conf)  # a bad ini fails when loaded, not at first use
 
     def make_filter(app: WSGIApp) -> LoadBalancer:
-        balancer.app = app
-        return balancer
+        return LoadBalancer.from_settings(settings, app)
 
     return make_filter

@@ -77,21 +77,20 @@ def translate_errors(backend: Backend, timeout_read: float) -> Iterator[None]:
     except NameResolutionError as exc:
         raise BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where) from exc
     except NewConnectionError as exc:
-        reason = exc.__cause__ or exc
-        if isinstance(reason, ConnectionRefusedError):
-            reason = "connection refused"
-        raise BackendConnectError(str(reason), where) from exc
+        cause = exc.__cause__ or exc
+        reason = "connection refused" if isinstance(cause, ConnectionRefusedError) else str(cause)
+        raise BackendConnectError(reason, where) from exc
     except ConnectTimeoutError as exc:
         raise BackendConnectError("connect timed out", where) from exc
     except ReadTimeoutError as exc:
         raise BackendTimeout(f"no answer within {timeout_read:g} s", where) from exc
     except ProtocolError as exc:
-        cause = exc.args[1] if len(exc.args) > 1 else exc.__cause__
-        if isinstance(cause, _DISCONNECTS):
+        broken = exc.args[1] if len(exc.args) > 1 else exc.__cause__
+        if isinstance(broken, _DISCONNECTS):
             raise BackendDisconnected(
                 "the backend closed the connection before answering", where
             ) from exc
-        raise BackendProtocolError(f"invalid response: {cause or exc}", where) from exc
+        raise BackendProtocolError(f"invalid response: {broken or exc}", where) from exc
     except (HTTPError, http.client.HTTPException, OSError) as exc:
         raise BackendProtocolError(f"invalid response: {exc}", where) from exc
 

@@ -88,7 +88,12 @@ def as_duration(value: object) -> float:
 
 def as_networks(value: object) -> tuple[Network, ...]:
     """IP addresses or CIDR networks, separated by spaces, commas or lines."""
-    items = value.split() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if isinstance(value, str):
+        items = value.split()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    else:
+        raise ValueError("must be IP addresses or networks, separated by spaces or commas")
     networks = []
     for item in items:
         for part in str(item).replace(",", " ").split():
@@ -262,8 +267,10 @@ def parse_backends(value: object, key: str = "backends") -> tuple[BackendSpec, .
         lines = value.splitlines()
         if lines and not lines[0].strip():
             lines = lines[1:]
+    elif isinstance(value, (list, tuple)):
+        lines = list(value)
     else:
-        lines = list(value)  # type: ignore[call-overload]
+        raise ConfigError(key, value, "must be 'host:port' lines, as text or a list")
     specs: list[BackendSpec] = []
     seen_address: dict[object, tuple[int, str]] = {}
     seen_id: dict[object, tuple[int, str]] = {}
