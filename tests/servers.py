@@ -14,8 +14,10 @@ class ServerThread:
     """A waitress server in a thread. ``stop()`` closes every connection,
     like a Zope client that died; ``start()`` again binds the same port."""
 
-    def __init__(self, app: Any, port: int = 0, threads: int = 8, **adjustments: Any):
+    def __init__(self, app: Any, port: int = 0, threads: int = 8, host: str = "127.0.0.1",
+                 **adjustments: Any):
         self.app = app
+        self.host = host
         self.port = port
         self.threads = threads
         self.adjustments = adjustments
@@ -24,7 +26,8 @@ class ServerThread:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -32,7 +35,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.server = waitress.server.create_server(
-            self.app, host="127.0.0.1", port=self.port, threads=self.threads,
+            self.app, host=self.host, port=self.port, threads=self.threads,
             clear_untrusted_proxy_headers=False, **self.adjustments,
         )
         self.port = self.server.effective_port

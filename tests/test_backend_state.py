@@ -151,39 +151,6 @@ def test_fresh_pool_is_a_separate_one_connection_pool(rec: Recorder) -> None:
     assert fresh.kwargs["retries"] is False
 
 
-# -- counters -----------------------------------------------------------------
-
-
-def test_acquire_and_release_count(rec: Recorder) -> None:
-    backend = make(rec)
-    backend.acquire()
-    backend.acquire()
-    assert (backend.active, backend.requests) == (2, 2)
-    backend.release()
-    assert (backend.active, backend.requests) == (1, 2)
-    backend.release()
-    assert (backend.active, backend.requests) == (0, 2)
-    assert backend.pool.closed == 0  # an up backend keeps its pool
-
-
-def test_counters_under_threads(rec: Recorder) -> None:
-    backend = make(rec)
-    barrier = threading.Barrier(8)
-
-    def work() -> None:
-        barrier.wait(timeout=5)
-        for _ in range(500):
-            backend.acquire()
-            backend.release()
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert (backend.active, backend.requests) == (0, 4000)
-
-
 # -- passive failure detection ------------------------------------------------
 
 
@@ -338,37 +305,6 @@ def test_drain_of_an_idle_backend_closes_the_pool_at_once(rec: Recorder) -> None
         (backend, State.UP, State.DRAINING, "removed from the configuration")
     ]
     assert not backend.available(0.0)
-
-
-def test_drain_closes_the_pool_only_when_the_last_request_is_released(
-    rec: Recorder,
-) -> None:
-    backend = make(rec)
-    backend.acquire()
-    backend.acquire()
-    backend.drain()
-    assert backend.state is State.DRAINING
-    assert backend.pool.closed == 0
-    backend.release()
-    assert backend.pool.closed == 0
-    backend.release()
-    assert backend.pool.closed == 1
-    assert len(rec.changes) == 1
-
-
-def test_drain_of_a_down_backend(rec: Recorder) -> None:
-    backend = make(rec, fall=1)
-    backend.acquire()
-    backend.record_failure("refused", now=0.0)
-    backend.drain()
-    assert backend.state is State.DRAINING
-    assert not backend.available(100.0)  # a draining backend does not recover
-    backend.release()
-    assert backend.pool.closed == 1
-    assert [(old, new) for _, old, new, _ in rec.changes] == [
-        (State.UP, State.DOWN),
-        (State.DOWN, State.DRAINING),
-    ]
 
 
 def test_close_closes_the_pool(rec: Recorder) -> None:

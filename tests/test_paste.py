@@ -69,24 +69,13 @@ def test_filter_without_fallback_gives_503(backends):
 
 
 def test_ipv6_backend():
-    server = ServerThread(routes("v6"))
-    import waitress.server
-
-    server.server = None
-    srv = waitress.server.create_server(server.app, host="::1", port=0, threads=2)
-    import threading
-
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
+    server = ServerThread(routes("v6"), host="::1").start()
     try:
-        port = srv.effective_port
-        app = TestApp(LoadBalancer([f"[::1]:{port}"], preserve_host=False))
+        app = TestApp(LoadBalancer([server.address], preserve_host=False))
         res = app.get("/echo")
         assert res.headers["X-Backend"] == "v6"
-        assert res.json["headers"]["Host"] == f"[::1]:{port}"
+        assert res.json["headers"]["Host"] == server.address
     finally:
-        server.server = srv
-        server.thread = thread
         server.stop()
 
 

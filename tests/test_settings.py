@@ -298,7 +298,8 @@ def test_defaults() -> None:
 
 def test_settings_defaults_agree_with_the_options_table() -> None:
     fields = {f.name: f for f in dataclasses.fields(Settings)}
-    assert set(fields) == {o.attribute for o in OPTIONS}
+    # named pools come from pool.NAME.* keys, not from one option
+    assert set(fields) == {o.attribute for o in OPTIONS} | {"pools"}
     for option in OPTIONS:
         if option.default is settings.REQUIRED:
             assert fields[option.attribute].default is dataclasses.MISSING
@@ -615,8 +616,10 @@ def test_options_table_lists_every_option() -> None:
     lines = table.splitlines()
     assert lines[:2] == ["| option | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(OPTIONS)
-    for option, row in zip(OPTIONS, rows, strict=True):
+    assert len(rows) == len(OPTIONS) + len(settings.POOL_FIELDS)
+    for field, row in zip(settings.POOL_FIELDS, rows[len(OPTIONS):], strict=True):
+        assert row.startswith(f"| `pool.NAME.{field}` | ")
+    for option, row in zip(OPTIONS, rows, strict=False):
         assert row.startswith(f"| `{option.name}` | ")
         assert option.doc in row
         assert (option.default_text or str(option.default)) in row

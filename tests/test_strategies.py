@@ -26,6 +26,7 @@ class Fake:
     id: str
     weight: int = 1
     active: int = 0
+    maxconn: int = 0
 
 
 def backends(*weights: int) -> list[Fake]:
@@ -174,16 +175,20 @@ PLUGIN_SOURCE = '''
 class First:
     """Always the first candidate not avoided."""
 
+    def __init__(self, settings=None):
+        self.settings = settings
+
     def pick(self, candidates, environ, avoid=()):
         return next((c for c in candidates if c not in avoid), None)
 
 
 class NoPick:
-    pass
+    def __init__(self, settings=None):
+        pass
 
 
-def factory():
-    return First()
+def factory(settings):
+    return First(settings)
 '''
 
 
@@ -199,7 +204,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     (dist / "entry_points.txt").write_text(
         "[zope_lb.strategies]\n"
-        f"first = {module}:First\n"
+        f"plugin_first = {module}:First\n"
         f"first_factory = {module}:factory\n"
         f"no_pick = {module}:NoPick\n"
     )
@@ -212,8 +217,8 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_plugin_strategy_is_known_and_made(plugin: str) -> None:
-    assert {"round_robin", "first", "first_factory", "no_pick"} <= known_strategies()
-    for name in ("first", "first_factory"):
+    assert {"round_robin", "plugin_first", "first_factory", "no_pick"} <= known_strategies()
+    for name in ("plugin_first", "first_factory"):
         strategy = make_strategy(name)
         assert type(strategy).__module__ == plugin
         a, b = backends(1, 1)
@@ -224,8 +229,8 @@ def test_plugin_strategy_is_known_and_made(plugin: str) -> None:
 
 def test_plugin_strategy_is_accepted_by_settings(plugin: str) -> None:
     assert (
-        parse_settings({"backends": "a:80\nb:80", "strategy": "first"}).strategy
-        == "first"
+        parse_settings({"backends": "a:80\nb:80", "strategy": "plugin_first"}).strategy
+        == "plugin_first"
     )
 
 
@@ -235,12 +240,12 @@ def test_plugin_without_pick_is_refused(plugin: str) -> None:
 
 
 def test_plugins_are_gone_with_their_distribution(plugin: str) -> None:
-    assert "first" in known_strategies()
+    assert "plugin_first" in known_strategies()
     strategies._plugins.cache_clear()
     sys.path.remove(
         next(p for p in sys.path if Path(p).joinpath(f"{plugin}.py").exists())
     )
     strategies._plugins.cache_clear()
-    assert "first" not in known_strategies()
+    assert "plugin_first" not in known_strategies()
     with pytest.raises(ConfigError):
-        parse_settings({"backends": "a:80\nb:80", "strategy": "first"})
+        parse_settings({"backends": "a:80\nb:80", "strategy": "plugin_first"})

@@ -19,7 +19,7 @@ from urllib3 import HTTPConnectionPool
 from .errors import UpstreamError
 from .pages import error_page, upstream_error_page
 from .pool import BackendPool
-from .proxy import ClientBodyError, Proxy
+from .proxy import ClientBodyError, Proxy, Route
 from .settings import Settings, parse_backends, parse_settings
 from .strategies import make_strategy
 
@@ -68,9 +68,19 @@ class LoadBalancer:
                clock: Callable[[], float], pool_factory: Callable[..., Any]) -> None:
         self.settings = settings
         self.app = app
-        self.pool = BackendPool(self.settings, pool_factory=pool_factory)
-        self.strategy = make_strategy(self.settings.strategy)
-        self.proxy = Proxy(self.pool, self.strategy, self.settings, clock=clock)
+        self.pool = BackendPool(settings, clock=clock, pool_factory=pool_factory)
+        self.strategy = make_strategy(settings.strategy, settings)
+        named = tuple(
+            Route(
+                spec.name,
+                BackendPool(settings, spec.backends, name=spec.name, clock=clock,
+                            pool_factory=pool_factory),
+                make_strategy(spec.strategy, settings),
+                spec.match,
+            )
+            for spec in settings.pools
+        )
+        self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         prefix = self.settings.prefix.rstrip("/")
         self._prefix = prefix
         self._prefix_slash = prefix + "/"
@@ -112,6 +122,12 @@ class LoadBalancer:
         self.pool.reconfigure(settings)
         self.settings = settings
 
+    @property
+    def pools(self) -> tuple[BackendPool, ...]:
+        """The default pool first, then the named pools."""
+        return (self.pool, *(route.pool for route in self.proxy.routes))
+
     def close(self) -> None:
-        """Close every backend's connections."""
-        self.pool.close()
+        """Close every backend's connections; queued requests get a 503."""
+        for pool in self.pools:
+            pool.close()

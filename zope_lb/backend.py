@@ -9,7 +9,8 @@ State machine (written as data in :data:`TRANSITIONS`)::
 A backend that fails ``passive.fall`` connects in a row goes down for
 ``passive.cooldown`` seconds; after that it is offered requests again, and a
 single further failure sends it straight back down. Every change is reported
-once, through the ``on_change`` callback the pool gives it.
+once, through the ``on_change`` callback the pool gives it. Slots (``active``)
+are counted by the pool, which owns the lock that makes them atomic.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ class Backend:
         self.state = State.UP
         self.reason = ""
         self.down_until = 0.0
+        # Slot counts, changed only under the owning pool's lock (pool.py).
         self.active = 0
         self.requests = 0
+        self.token = ""  # the affinity cookie value, set by the pool
         self.failures = 0
         self.consecutive_failures = 0
         self._on_change = on_change
@@ -108,20 +111,6 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.id} {self.address} {self.state.value}>"
-
-    # -- request accounting (hot path) --
-
-    def acquire(self) -> None:
-        with self._lock:
-            self.active += 1
-            self.requests += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self.active -= 1
-            close = self.state is State.DRAINING and self.active == 0
-        if close:
-            self.pool.close()
 
     def available(self, now: float) -> bool:
         """Whether the backend may take a new request at ``now``."""

@@ -63,6 +63,29 @@ def is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
     return bool(trusted) and _peer_in(peer, tuple(trusted))
 
 
+def client_address(environ: Mapping[str, Any], trusted: Sequence[Network] = ()) -> str:
+    """The client's IP: the first untrusted address of X-Forwarded-For read from
+    the right when the peer is a trusted proxy, else the peer itself."""
+    peer = environ.get("REMOTE_ADDR", "")
+    if not trusted or not is_trusted(peer, trusted):
+        return peer
+    chain = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    chain = [a for a in chain if a]
+    for address in reversed(chain):
+        if not is_trusted(address, trusted):
+            return address
+    return chain[0] if chain else peer
+
+
+def request_scheme(environ: Mapping[str, Any], trusted: Sequence[Network] = ()) -> str:
+    """``http`` or ``https`` as the client used it (a trusted proxy may say)."""
+    if trusted and is_trusted(environ.get("REMOTE_ADDR", ""), trusted):
+        forwarded = environ.get("HTTP_X_FORWARDED_PROTO")
+        if forwarded:
+            return forwarded.split(",")[0].strip().lower()
+    return environ.get("wsgi.url_scheme", "http")
+
+
 def request_headers(
     environ: Mapping[str, Any],
     trusted: tuple[Network, ...] = (),

@@ -1,90 +1,253 @@
-"""The live set of backends, and how it changes without dropping requests.
+"""The live set of backends: slots, the wait queue, and changes without dropped requests.
 
-Readers (every request) take ``pool.backends``, an immutable tuple swapped
-whole by :meth:`BackendPool.reconfigure`, so they never need a lock and never
-see a half-applied change. A backend removed by a reconfiguration drains: it
-takes no new requests, the ones in flight finish on its open connections, and
-its connection pool is closed when the last one is released.
+Theory of operation
+-------------------
+Zope clients have few worker threads, so each backend has ``maxconn`` slots
+(0: unlimited) and never has more requests in flight through this balancer.
+:meth:`BackendPool.acquire` takes a slot on the backend the strategy picks;
+:meth:`BackendPool.release` gives it back when the response iterable is
+closed, which is when the backend is really free.
+
+When every available backend is full, the request waits in one bounded FIFO
+queue (``queue.size``) for at most ``queue.timeout`` seconds, then gets a 503.
+A freed slot is handed to the oldest waiter that can use it (a waiter pinned
+to one backend by its affinity cookie waits for that backend's slot), so a
+newcomer never overtakes a waiting request. When the last available backend
+goes away, the waiters get their 503 at once instead of at their timeout.
+
+All slot counts and the queue are guarded by one lock per pool, so "find a
+free backend and take its slot" is atomic. Readers of ``pool.backends`` (the
+admin pages, the health checker) need no lock: the tuple is swapped whole by
+:meth:`reconfigure`. A backend removed by a reconfiguration drains: no new
+requests; the ones in flight finish; then its connections are closed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from urllib3 import HTTPConnectionPool
 
 from .backend import Backend, State
+from .errors import NoBackendAvailable
 from .settings import BackendSpec, Settings
+from .strategies import Strategy
 
 log = logging.getLogger(__name__)
+
+
+def affinity_token(backend_id: str) -> str:
+    """The affinity cookie's value for a backend: stable across restarts (it
+    depends only on the configured id), and not the backend's address."""
+    return hashlib.sha256(f"zope_lb:{backend_id}".encode()).hexdigest()[:16]
+
+
+class _Waiter:
+    __slots__ = ("strategy", "environ", "avoid", "prefer", "event", "backend", "error")
+
+    def __init__(self, strategy: Strategy, environ: Mapping[str, Any],
+                 avoid: Collection[Backend], prefer: Backend | None):
+        self.strategy = strategy
+        self.environ = environ
+        self.avoid = avoid
+        self.prefer = prefer
+        self.event = threading.Event()
+        self.backend: Backend | None = None
+        self.error: NoBackendAvailable | None = None
 
 
 class BackendPool:
     def __init__(
         self,
         settings: Settings,
+        specs: tuple[BackendSpec, ...] | None = None,
         *,
+        name: str = "default",
+        clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
     ):
+        self.name = name
+        self.clock = clock
         self._pool_factory = pool_factory
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a state change may call back in
+        self._waiters: deque[_Waiter] = deque()
+        self._handing_over = False
         self.settings = settings
-        self.backends: tuple[Backend, ...] = tuple(
-            self._build(spec, settings) for spec in settings.backends
-        )
+        specs = settings.backends if specs is None else specs
+        self.backends: tuple[Backend, ...] = tuple(self._build(s, settings) for s in specs)
+        self._tokens = {b.token: b for b in self.backends}
 
     def _build(self, spec: BackendSpec, settings: Settings) -> Backend:
-        return Backend(
+        backend = Backend(
             spec,
             maxconn=settings.maxconn_of(spec),
             timeout_connect=settings.timeout_connect,
             timeout_read=settings.timeout_read,
             fall=settings.passive_fall,
             cooldown=settings.passive_cooldown,
-            on_change=self._log_change,
+            on_change=self._state_changed,
             pool_factory=self._pool_factory,
         )
+        backend.token = affinity_token(spec.id)
+        return backend
+
+    # -- choosing ---------------------------------------------------------------------
 
     def candidates(self, now: float) -> list[Backend]:
-        """Backends that may take a request now: primaries, or else backups."""
+        """Backends that may take requests now: primaries, or else backups."""
         backends = self.backends
         primaries = [b for b in backends if not b.backup and b.available(now)]
         if primaries:
             return primaries
         return [b for b in backends if b.backup and b.available(now)]
 
+    def by_token(self, token: str | None) -> Backend | None:
+        """The backend an affinity cookie names, if it is still configured."""
+        return self._tokens.get(token) if token else None
+
+    @staticmethod
+    def _choose(strategy: Strategy, candidates: list[Backend], environ: Mapping[str, Any],
+                avoid: Collection[Backend], prefer: Backend | None) -> Backend | None:
+        if prefer is not None and prefer in candidates and prefer not in avoid:
+            # Pinned: this backend or nothing (wait for its slot).
+            return prefer if (not prefer.maxconn or prefer.active < prefer.maxconn) else None
+        return strategy.pick(candidates, environ, avoid)
+
+    def acquire(
+        self,
+        strategy: Strategy,
+        environ: Mapping[str, Any],
+        avoid: Collection[Backend] = (),
+        prefer: Backend | None = None,
+    ) -> Backend:
+        """Take a slot on a backend, waiting in the queue if all are full.
+
+        Raises NoBackendAvailable when none is available, the queue is full, or
+        the wait timed out.
+        """
+        settings = self.settings
+        with self._lock:
+            candidates = self.candidates(self.clock())
+            if not any(b not in avoid for b in candidates):
+                raise NoBackendAvailable("no backend is available")
+            if not self._waiters:
+                backend = self._choose(strategy, candidates, environ, avoid, prefer)
+                if backend is not None:
+                    backend.active += 1
+                    backend.requests += 1
+                    return backend
+            if len(self._waiters) >= settings.queue_size:
+                raise NoBackendAvailable(
+                    f"all backends are busy and {settings.queue_size} requests already wait"
+                )
+            waiter = _Waiter(strategy, environ, avoid, prefer)
+            self._waiters.append(waiter)
+        waiter.event.wait(settings.queue_timeout)
+        with self._lock:
+            if waiter.backend is not None:
+                return waiter.backend
+            if waiter.error is None:
+                self._waiters.remove(waiter)
+                waiter.error = NoBackendAvailable(
+                    f"all backends stayed busy for {settings.queue_timeout:g} s"
+                )
+            raise waiter.error
+
+    def release(self, backend: Backend) -> None:
+        """Give a slot back; the oldest waiter that can use a free slot gets it."""
+        with self._lock:
+            backend.active -= 1
+            close = backend.state is State.DRAINING and backend.active == 0
+            if self._waiters:
+                self._hand_over()
+        if close:
+            backend.close()
+
+    def _hand_over(self) -> None:
+        """Give free slots to waiters, oldest first. Called with the lock held.
+
+        Finding candidates may change a backend's state, whose callback calls
+        here again: the guard keeps that inner call from serving a waiter twice.
+        """
+        if self._handing_over:
+            return
+        self._handing_over = True
+        try:
+            self._serve_waiters()
+        finally:
+            self._handing_over = False
+
+    def _serve_waiters(self) -> None:
+        candidates = self.candidates(self.clock())
+        if not candidates:
+            for waiter in self._waiters:
+                waiter.error = NoBackendAvailable("no backend is available")
+                waiter.event.set()
+            self._waiters.clear()
+            return
+        for waiter in list(self._waiters):
+            backend = self._choose(waiter.strategy, candidates, waiter.environ,
+                                   waiter.avoid, waiter.prefer)
+            if backend is None:
+                continue
+            backend.active += 1
+            backend.requests += 1
+            waiter.backend = backend
+            self._waiters.remove(waiter)
+            waiter.event.set()
+            if all(b.maxconn and b.active >= b.maxconn for b in candidates):
+                return
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
     def healthy_primaries(self) -> int:
         return sum(1 for b in self.backends if not b.backup and b.state is State.UP)
 
-    def reconfigure(self, settings: Settings) -> None:
+    # -- changes ----------------------------------------------------------------------
+
+    def reconfigure(self, settings: Settings, specs: tuple[BackendSpec, ...] | None = None) -> None:
         """Apply a new, already validated backend list at once.
 
         Backends whose line did not change keep their connections, counters
         and state; new ones start taking requests; removed ones drain.
         """
+        specs = settings.backends if specs is None else specs
         with self._lock:
             old = {(b.spec, b.maxconn): b for b in self.backends}
             kept: list[Backend] = []
-            for spec in settings.backends:
+            for spec in specs:
                 backend = old.pop((spec, settings.maxconn_of(spec)), None)
                 kept.append(backend or self._build(spec, settings))
             self.backends = tuple(kept)
+            self._tokens = {b.token: b for b in kept}
             self.settings = settings
-        for backend in old.values():
-            backend.drain()
+            for backend in old.values():
+                backend.drain()
+            if self._waiters:
+                self._hand_over()
         log.info(
-            "backends reconfigured: %d in use, %d draining; %s",
-            len(kept), len(old), ", ".join(b.address for b in kept) or "none",
+            "pool %s reconfigured: %d backends (%s), %d draining",
+            self.name, len(kept), ", ".join(b.address for b in kept) or "none", len(old),
         )
 
     def close(self) -> None:
+        with self._lock:
+            for waiter in self._waiters:
+                waiter.error = NoBackendAvailable("the balancer is shutting down")
+                waiter.event.set()
+            self._waiters.clear()
         for backend in self.backends:
             backend.close()
 
-    def _log_change(self, backend: Backend, old: State, new: State, reason: str) -> None:
+    def _state_changed(self, backend: Backend, old: State, new: State, reason: str) -> None:
         healthy = self.healthy_primaries()
         total = sum(1 for b in self.backends if not b.backup)
         level = logging.WARNING if new is State.DOWN else logging.INFO
@@ -93,4 +256,6 @@ class BackendPool:
             "backend %s (%s) %s -> %s: %s; %d of %d primaries up",
             backend.id, backend.address, old.value, new.value, reason, healthy, total,
         )
-
+        if self._waiters:
+            with self._lock:
+                self._hand_over()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,8 +51,9 @@ from .errors import (
     NoBackendAvailable,
     UpstreamError,
 )
-from .headers import request_headers, response_headers, upstream_target
+from .headers import request_headers, request_scheme, response_headers, upstream_target
 from .pool import BackendPool
+from .routing import Rule, cookie_value, has_cookie, matches_all
 from .settings import Settings
 from .strategies import Strategy
 
@@ -153,11 +153,12 @@ def request_body(environ: dict[str, Any]) -> tuple[RequestBody | None, bool]:
 class ResponseBody:
     """The backend's body, streamed; ``close()`` frees the connection and the slot."""
 
-    __slots__ = ("_response", "_backend", "_on_close", "_closed")
+    __slots__ = ("_response", "_pool", "_backend", "_on_close", "_closed")
 
-    def __init__(self, response: Any, backend: Backend,
+    def __init__(self, response: Any, pool: BackendPool, backend: Backend,
                  on_close: Callable[[], None] | None = None):
         self._response = response
+        self._pool = pool
         self._backend = backend
         self._on_close = on_close
         self._closed = False
@@ -190,7 +191,7 @@ class ResponseBody:
                 response.close()
             response.release_conn()
         finally:
-            self._backend.release()
+            self._pool.release(self._backend)
             if self._on_close is not None:
                 self._on_close()
 
@@ -203,21 +204,38 @@ def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendA
     return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.reason})")
 
 
+class Route:
+    """A pool, its strategy, and the rules that send a request to it."""
+
+    __slots__ = ("name", "rules", "pool", "strategy")
+
+    def __init__(self, name: str, pool: BackendPool, strategy: Strategy,
+                 rules: tuple[Rule, ...] = ()):
+        self.name = name
+        self.pool = pool
+        self.strategy = strategy
+        self.rules = rules
+
+
 class Proxy:
-    """Forwards WSGI requests to the backends of a pool."""
+    """Forwards WSGI requests to the backends of the pool their route chooses."""
 
     def __init__(
         self,
-        pool: BackendPool,
-        strategy: Strategy,
+        default: Route,
         settings: Settings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
+        routes: tuple[Route, ...] = (),
     ):
-        self.pool = pool
-        self.strategy = strategy
+        self.default = default
+        self.routes = routes
         self.settings = settings
-        self.clock = clock
+
+    def route(self, environ: dict[str, Any]) -> Route:
+        """The first named pool whose rules all match, else the default pool."""
+        for route in self.routes:
+            if matches_all(route.rules, environ):
+                return route
+        return self.default
 
     def forward(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         """Answer the request from a backend.
@@ -226,6 +244,8 @@ class Proxy:
         so the caller may still answer with an error page or a fallback app.
         """
         settings = self.settings
+        route = self.route(environ) if self.routes else self.default
+        pool = route.pool
         method = environ["REQUEST_METHOD"]
         target = upstream_target(environ)
         headers = request_headers(environ, settings.forwarded_trusted, settings.preserve_host)
@@ -233,19 +253,31 @@ class Proxy:
         if body is not None and not chunked:
             headers["Content-Length"] = environ["CONTENT_LENGTH"]
 
+        sticky = False
+        token = None
+        prefer = None
+        if settings.affinity == "cookie":
+            cookies = environ.get("HTTP_COOKIE", "")
+            if not settings.affinity_when or has_cookie(cookies, settings.affinity_when):
+                sticky = True
+                token = cookie_value(cookies, settings.affinity_cookie)
+                prefer = pool.by_token(token)  # a forged or stale value finds nothing
+
         avoid: list[Backend] = []
         last_failure: UpstreamError | None = None
         while True:
-            now = self.clock()
-            backend = self.strategy.pick(self.pool.candidates(now), environ, avoid)
-            if backend is None:
-                raise _unreachable(avoid, last_failure)
-            backend.acquire()
+            try:
+                backend = pool.acquire(route.strategy, environ, avoid, prefer)
+            except NoBackendAvailable as exc:
+                if last_failure is not None:
+                    raise _unreachable(avoid, last_failure) from exc
+                log.warning("%s %s: %s", method, target, exc.reason)
+                raise
             try:
                 response, on_close = self._send(backend, method, target, headers, body, chunked)
             except BackendConnectError as exc:
-                backend.release()
-                backend.record_failure(exc.reason, now)
+                pool.release(backend)
+                backend.record_failure(exc.reason, pool.clock())
                 log.warning("%s %s: %s", method, target, exc)
                 if body is not None and body.started:
                     raise
@@ -255,27 +287,34 @@ class Proxy:
                     raise _unreachable(avoid, last_failure) from exc
                 continue
             except ClientBodyError as exc:
-                backend.release()
+                pool.release(backend)
                 log.info("%s %s: %s", method, target, exc)
                 raise
             except UpstreamError as exc:
-                backend.release()
+                pool.release(backend)
                 log.warning("%s %s: %s", method, target, exc)
                 raise
             except BaseException:
-                backend.release()
+                pool.release(backend)
                 raise
             break
         backend.record_success()
+        response_list = response_headers(response.headers.iteritems())
+        if sticky and token != backend.token:
+            response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
         try:
-            start_response(
-                f"{response.status} {response.reason}",
-                response_headers(response.headers.iteritems()),
-            )
+            start_response(f"{response.status} {response.reason}", response_list)
         except BaseException:
-            ResponseBody(response, backend, on_close).close()
+            ResponseBody(response, pool, backend, on_close).close()
             raise
-        return ResponseBody(response, backend, on_close)
+        return ResponseBody(response, pool, backend, on_close)
+
+    def _affinity_cookie(self, environ: dict[str, Any], backend: Backend) -> str:
+        cookie = (f"{self.settings.affinity_cookie}={backend.token}; Path=/; HttpOnly; "
+                  "SameSite=Lax")
+        if request_scheme(environ, self.settings.forwarded_trusted) == "https":
+            cookie += "; Secure"
+        return cookie
 
     def _send(self, backend: Backend, method: str, target: str,
               headers: dict[str, str], body: RequestBody | None,

@@ -125,6 +125,44 @@ def as_strategy(value: object) -> str:
     return name
 
 
+def as_load_factor(value: object) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, (int, float)) else value
+    except ValueError:
+        raise ValueError("must be a number such as 1.25") from None
+    if isinstance(number, bool) or not 1.0 <= float(number) <= 10.0:
+        raise ValueError("must be a number from 1.0 to 10.0 (1.25: 25 % above the average)")
+    return float(number)
+
+
+def as_affinity(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ("none", "cookie"):
+        raise ValueError("must be none or cookie")
+    return text
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def as_cookie_name(value: object) -> str:
+    text = str(value).strip()
+    if not _COOKIE_NAME.fullmatch(text):
+        raise ValueError("must be a cookie name: letters, digits and !#$%&'*+.^_`|~-")
+    return text
+
+
+def as_optional_cookie_name(value: object) -> str:
+    text = str(value).strip()
+    return as_cookie_name(text) if text else ""
+
+
+def as_rules(value: object) -> tuple[Any, ...]:
+    from .routing import parse_rules
+
+    return parse_rules(str(value))
+
+
 # -- backend lines --------------------------------------------------------------
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -355,6 +393,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("fallback", as_bool, False,
            "Filter only: when no backend can take a request, the wrapped app "
            "answers it instead of a 502/503 page.", "false"),
+    Option("queue.size", as_count, 256,
+           "Requests that may wait for a free backend slot; when the queue is full, "
+           "503 at once."),
+    Option("queue.timeout", as_duration, 30.0,
+           "Seconds a request waits in the queue for a slot; then 503 with "
+           "`Retry-After`.", "30"),
+    Option("hash.load_factor", as_load_factor, 1.25,
+           "`uri_hash` only: no backend takes more than this times the average "
+           "active load; the overflow goes to the next backend on the ring."),
+    Option("affinity", as_affinity, "none",
+           "`cookie`: a cookie pins a browser to the backend that served it "
+           "(while that backend is available)."),
+    Option("affinity.cookie", as_cookie_name, "zlb_backend",
+           "Name of the affinity cookie. Its value is an opaque id, never the "
+           "backend's address."),
+    Option("affinity.when", as_optional_cookie_name, "",
+           "Stick only requests that carry this cookie (`__ac`: Plone's login "
+           "cookie, so anonymous traffic keeps balancing freely); empty: every "
+           "request.", "(every request)"),
     Option("passive.fall", as_positive, 3,
            "Consecutive connect failures after which a backend is skipped for "
            "`passive.cooldown`."),
@@ -366,6 +423,27 @@ _BY_NAME: dict[str, Option] = {}
 for _option in OPTIONS:
     _BY_NAME[_option.name] = _option
     _BY_NAME[_option.attribute] = _option
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A named pool: its backends, strategy and the rules that send requests to it."""
+
+    name: str
+    backends: tuple[BackendSpec, ...]
+    strategy: str
+    match: tuple[Any, ...]  # routing.Rule
+
+
+#: The keys of a named pool: ``pool.NAME.backends`` and so on.
+POOL_FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "backends": (parse_backends, "its backend lines, as for `backends` (required)"),
+    "strategy": (as_strategy, "its strategy (default: `strategy`)"),
+    "match": (as_rules, "rules that must all match for a request to go to this pool "
+                        "(required): `path:/prefix`, `path:*/glob*`, `method:POST`, "
+                        "`header:X-Name[=value]`, `cookie:name`"),
+}
+_POOL_KEY = re.compile(r"pool\.([A-Za-z0-9_-]+)\.([a-z_]+)")
 
 
 @dataclass(frozen=True)
@@ -382,8 +460,15 @@ class Settings:
     forwarded_trusted: tuple[Network, ...] = ()
     prefix: str = "/"
     fallback: bool = False
+    queue_size: int = 256
+    queue_timeout: float = 30.0
+    hash_load_factor: float = 1.25
+    affinity: str = "none"
+    affinity_cookie: str = "zlb_backend"
+    affinity_when: str = ""
     passive_fall: int = 3
     passive_cooldown: float = 10.0
+    pools: tuple[PoolSpec, ...] = ()
 
     def maxconn_of(self, spec: BackendSpec) -> int:
         return self.maxconn if spec.maxconn is None else spec.maxconn
@@ -396,7 +481,16 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
     """
     chosen: dict[str, Any] = {}
     given_as: dict[str, str] = {}
+    pool_values: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
+        pool_key = _POOL_KEY.fullmatch(key)
+        if pool_key:
+            name, field = pool_key.groups()
+            if field not in POOL_FIELDS:
+                raise ConfigError(key, value, f"unknown pool key; use pool.{name}."
+                                  + f", pool.{name}.".join(POOL_FIELDS))
+            pool_values.setdefault(name, {})[field] = value
+            continue
         option = _BY_NAME.get(key)
         if option is None:
             raise ConfigError(key, value, f"unknown option; known options: {_known()}")
@@ -413,6 +507,10 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
     for option in OPTIONS:
         if option.default is REQUIRED and option.attribute not in chosen:
             raise ConfigError(option.name, None, "is required")
+    chosen["pools"] = tuple(
+        _parse_pool(name, fields, chosen.get("strategy", "round_robin"))
+        for name, fields in pool_values.items()
+    )
     settings = Settings(**chosen)
     primaries = [b for b in settings.backends if not b.backup]
     if len(primaries) < 2:
@@ -421,6 +519,24 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
             "load balancing needs two or more", len(primaries),
         )
     return settings
+
+
+def _parse_pool(name: str, fields: dict[str, Any], default_strategy: str) -> PoolSpec:
+    for required in ("backends", "match"):
+        if required not in fields:
+            raise ConfigError(f"pool.{name}.{required}", None, "is required for a named pool")
+    converted: dict[str, Any] = {"strategy": default_strategy}
+    for field, value in fields.items():
+        key = f"pool.{name}.{field}"
+        convert = POOL_FIELDS[field][0]
+        if convert is parse_backends:
+            converted[field] = parse_backends(value, key)
+            continue
+        try:
+            converted[field] = convert(value)
+        except ValueError as exc:
+            raise ConfigError(key, value, str(exc)) from None
+    return PoolSpec(name=name, **converted)
 
 
 def _known() -> str:
@@ -433,5 +549,7 @@ def options_table() -> str:
     for option in OPTIONS:
         default = option.default_text or str(option.default)
         rows.append(f"| `{option.name}` | {default} | {option.doc} |")
+    for field, (_, doc) in POOL_FIELDS.items():
+        rows.append(f"| `pool.NAME.{field}` | | A named pool: {doc}. |")
     return "\n".join(rows)
 

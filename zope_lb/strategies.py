@@ -1,22 +1,34 @@
 """Strategies pick the backend for one request, from the candidates they are handed.
 
 A strategy only picks: it never sleeps, does no I/O and changes no backend
-state. The pool hands it the backends that may take a request now (up, not
-full, primaries before backups); the strategy chooses among them, skipping
-any in ``avoid`` (the backends a retry must not go back to).
+state. The pool hands it the backends that may take a request now (up, with
+a free slot, primaries before backups, in configuration order); the strategy
+chooses among them, skipping any in ``avoid`` (backends a retry must not go
+back to) and, defensively, any that is full.
 
 Third-party strategies register under the ``zope_lb.strategies`` entry point
-group: the name is what ``strategy = NAME`` selects, the object is a class
-(or any callable) returning a :class:`Strategy` when called with no arguments.
+group: the entry point's name is what ``strategy = NAME`` selects, its object
+a class (or any callable) that takes the balancer's
+:class:`~zope_lb.settings.Settings` and returns an object with ``pick``.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import itertools
+import math
+import random
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from .headers import client_address
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 ENTRY_POINT_GROUP = "zope_lb.strategies"
 
@@ -27,6 +39,7 @@ class Candidate(Protocol):
     id: str
     weight: int
     active: int
+    maxconn: int  # 0: unlimited
 
 
 C = TypeVar("C", bound=Candidate)
@@ -43,6 +56,15 @@ class Strategy(Protocol):
         """Return one of ``candidates`` not in ``avoid``, or None if none fits."""
 
 
+def usable(backend: Candidate, avoid: Collection[Any]) -> bool:
+    """Takes new requests (weight above 0), has a free slot and is not avoided."""
+    return (
+        backend.weight > 0
+        and (not backend.maxconn or backend.active < backend.maxconn)
+        and backend not in avoid
+    )
+
+
 class RoundRobin:
     """Smooth weighted round robin, as nginx interleaves it.
 
@@ -50,10 +72,10 @@ class RoundRobin:
     every candidate's weight to its running score, takes the highest, and
     subtracts the total from the winner. Over a full cycle each backend gets
     exactly its share. Scores are kept by backend id, so candidates may come
-    and go between picks. Weight 0 means "no new requests".
+    and go between picks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self._score: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -64,9 +86,9 @@ class RoundRobin:
             best_score = 0
             total = 0
             for backend in candidates:
-                weight = backend.weight
-                if weight <= 0 or backend in avoid:
+                if not usable(backend, avoid):
                     continue
+                weight = backend.weight
                 current = score.get(backend.id, 0) + weight
                 score[backend.id] = current
                 total += weight
@@ -81,8 +103,185 @@ class RoundRobin:
             return best
 
 
-BUILTIN: dict[str, Callable[[], Strategy]] = {
+class LeastConnections:
+    """Fewest active requests relative to weight; ties broken round robin.
+
+    The best choice when requests differ a lot in cost (a Plone search next to
+    a cached image): a client busy with slow requests gets fewer new ones.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._turn = itertools.count()
+
+    def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
+        count = len(candidates)
+        if not count:
+            return None
+        start = next(self._turn) % count
+        best = None
+        best_load = 0.0
+        for i in range(count):
+            backend = candidates[(start + i) % count]
+            if not usable(backend, avoid):
+                continue
+            load = backend.active / backend.weight
+            if best is None or load < best_load:
+                best, best_load = backend, load
+        return best
+
+
+class RandomTwo:
+    """Power of two random choices: draw two (by weight), take the less loaded.
+
+    Nearly as even as least_connections, without its herd effect when several
+    balancer processes each see only their own counts.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, rng: random.Random | None = None):
+        self._rng = rng or random.Random()
+
+    def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
+        pool = [b for b in candidates if usable(b, avoid)]
+        if len(pool) < 2:
+            return pool[0] if pool else None
+        first, second = self._rng.choices(pool, weights=[b.weight for b in pool], k=2)
+        if first is second:
+            second = pool[(pool.index(first) + 1 + self._rng.randrange(len(pool) - 1))
+                          % len(pool)]
+        if second.active / second.weight < first.active / first.weight:
+            return second
+        return first
+
+
+class First:
+    """HAProxy's ``first``: the first backend (in configuration order) with a
+    free slot, so the last clients stay idle and can be shut down at night.
+    Give each backend a ``maxconn``: without one, the first takes everything."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        pass
+
+    def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
+        for backend in candidates:
+            if usable(backend, avoid):
+                return backend
+        return None
+
+
+# -- consistent hashing -----------------------------------------------------------
+
+
+def hash64(text: str) -> int:
+    """A stable 64-bit hash (Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
+
+
+class HashRing:
+    """Backends placed on a ring at ``points`` positions per unit of weight.
+
+    A key goes to the first backend clockwise from its hash; removing one of n
+    backends moves only the keys that were on it (about 1/n of them).
+    """
+
+    POINTS = 100
+
+    def __init__(self, members: Sequence[tuple[str, int]]):
+        ring = sorted(
+            (hash64(f"{member}#{i}"), member)
+            for member, weight in members
+            for i in range(self.POINTS * weight)
+        )
+        self._hashes = [h for h, _ in ring]
+        self._members = [m for _, m in ring]
+        self._count = len({m for _, m in ring})
+
+    def walk(self, key: str) -> Iterator[str]:
+        """Every member once, in ring order starting at ``key``'s position."""
+        members = self._members
+        if not members:
+            return
+        start = bisect.bisect(self._hashes, hash64(key))
+        seen: set[str] = set()
+        size = len(members)
+        for i in range(size):
+            member = members[(start + i) % size]
+            if member not in seen:
+                seen.add(member)
+                yield member
+                if len(seen) == self._count:
+                    return
+
+
+@lru_cache(maxsize=16)
+def ring_for(members: tuple[tuple[str, int], ...]) -> HashRing:
+    """Rings are cached by membership: candidates change rarely (a backend down)."""
+    return HashRing(members)
+
+
+class _Hashing:
+    """Shared walk over the ring for the candidates of one pick."""
+
+    def _walk(self, candidates: Sequence[Any], key: str) -> Iterator[Any]:
+        by_id = {b.id: b for b in candidates if b.weight > 0}
+        members = tuple((b.id, b.weight) for b in candidates if b.weight > 0)
+        for member in ring_for(members).walk(key):
+            yield by_id[member]
+
+
+class SourceIP(_Hashing):
+    """The same client IP goes to the same backend (consistent hashing).
+
+    The client is the first untrusted address of X-Forwarded-For read from the
+    right, or REMOTE_ADDR; so clients behind a trusted proxy are told apart.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._trusted = settings.forwarded_trusted if settings is not None else ()
+
+    def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
+        key = client_address(environ, self._trusted)
+        for backend in self._walk(candidates, key):
+            if usable(backend, avoid):
+                return backend
+        return None
+
+
+class URIHash(_Hashing):
+    """The same path goes to the same backend, so each Zope client keeps a warm
+    ZODB object cache for its share of the site; with bounded loads.
+
+    Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
+    2018): a backend takes the request only while its active requests stay
+    below ``ceil(load_factor * (all active + 1) * weight / total weight)``;
+    otherwise the next backend on the ring does. So a hot path cannot pile
+    onto one client, and the cache affinity is kept for everything else.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.load_factor = settings.hash_load_factor if settings is not None else 1.25
+
+    def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
+        live = [b for b in candidates if b.weight > 0]
+        if not live:
+            return None
+        total_weight = sum(b.weight for b in live)
+        balls = sum(b.active for b in live) + 1
+        factor = self.load_factor * balls / total_weight
+        key = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        for backend in self._walk(live, key):
+            if usable(backend, avoid) and backend.active < math.ceil(factor * backend.weight):
+                return backend
+        return None
+
+
+BUILTIN: dict[str, Callable[..., Strategy]] = {
     "round_robin": RoundRobin,
+    "least_connections": LeastConnections,
+    "random_two": RandomTwo,
+    "source_ip": SourceIP,
+    "uri_hash": URIHash,
+    "first": First,
 }
 
 
@@ -96,12 +295,12 @@ def known_strategies() -> set[str]:
     return set(BUILTIN) | set(_plugins())
 
 
-def make_strategy(name: str) -> Strategy:
+def make_strategy(name: str, settings: Settings | None = None) -> Strategy:
     """A fresh strategy object for ``name`` (built-ins win over plugins)."""
     factory = BUILTIN.get(name)
     if factory is None:
         factory = _plugins()[name].load()
-    strategy = factory()
+    strategy = factory(settings)
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy {name!r} has no pick(candidates, environ, avoid) method")
     return strategy
