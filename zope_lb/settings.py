@@ -365,12 +365,13 @@ OPTIONS: tuple[Option, ...] = (
            "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`.",
            "(required)"),
     Option("strategy", as_strategy, "round_robin",
-           "How a backend is picked: `round_robin` (smooth and weighted, as nginx), "
-           "or the name of a strategy plugin (see *Extending*)."),
+           "How a backend is picked: `round_robin`, `least_connections`, `random_two`, "
+           "`uri_hash`, `source_ip`, `first` (see *Choosing a strategy*), or a plugin's "
+           "name (see *Extending*)."),
     # Zope clients have few worker threads (default 4): more in flight only queue there.
     Option("maxconn", as_count, 4,
-           "Connections kept per backend, unless its line says `maxconn=N`. "
-           "Match the Zope client's thread count."),
+           "Requests in flight per backend, unless its line says `maxconn=N` "
+           "(0: no limit); more wait in the queue. Match the Zope client's thread count."),
     Option("timeout.connect", as_duration, 5.0,
            "Seconds to wait for a backend to accept a connection; then the next "
            "backend is tried.", "5"),
