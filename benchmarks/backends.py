@@ -24,6 +24,7 @@ import asyncio
 import json
 import signal
 import sys
+from typing import Any
 
 MAX_HEADER = 64 * 1024
 CHUNK = 256 * 1024
@@ -36,14 +37,14 @@ class HTTPProtocol(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self.busy = False  # a response is being produced asynchronously
         self.closed = False
         self.can_write = asyncio.Event()
         self.can_write.set()
         # request being parsed
         self.state = "head"
-        self.req: dict | None = None
+        self.req: dict = {}
         self.remaining = 0  # body bytes left (content-length or chunk)
         self.received = 0
 
@@ -136,10 +137,7 @@ class HTTPProtocol(asyncio.Protocol):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         conn = headers.get("connection", "").lower()
-        if version == "HTTP/1.1":
-            keep = "close" not in conn
-        else:
-            keep = "keep-alive" in conn
+        keep = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
         self.req = {"method": method, "target": target, "keep": keep}
         self.received = 0
         if headers.get("expect", "").lower() == "100-continue":
@@ -253,7 +251,11 @@ async def main(args: argparse.Namespace) -> None:
     srv = Server(args.delay, args.threads, args.body_size)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: HTTPProtocol(srv), args.host, args.port, backlog=1024, reuse_address=True
+        lambda: HTTPProtocol(srv),
+        args.host,
+        args.port,
+        backlog=1024,
+        reuse_address=True,
     )
     port = server.sockets[0].getsockname()[1]
     stop = asyncio.Event()

@@ -3,15 +3,18 @@
 No settings, no health checks, no error handling. zope_lb's CPU per proxied
 request is compared against this loop, measured in the same run.
 
-Run:  python benchmarks/bare_loop.py 127.0.0.1:8081 127.0.0.1:8082 --port 0 --threads 16
+Run:  python benchmarks/bare_loop.py 127.0.0.1:8081 127.0.0.1:8082 --threads 16
 """
 
-import argparse, itertools, logging  # noqa: E401
+import argparse
+import itertools
+import logging
 
-import urllib3, waitress  # noqa: E401
+import urllib3
+import waitress
 
-HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-       "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization"}
+HOP |= {"te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 
 
 class Body:
@@ -26,23 +29,37 @@ class Body:
 
 
 def make_app(backends, threads):
-    pools = itertools.cycle([urllib3.HTTPConnectionPool(
-        h, int(p), maxsize=threads, retries=False) for h, p in
-        (b.rsplit(":", 1) for b in backends)])
+    pools = itertools.cycle(
+        [
+            urllib3.HTTPConnectionPool(h, int(p), maxsize=threads, retries=False)
+            for h, p in (b.rsplit(":", 1) for b in backends)
+        ]
+    )
 
     def app(environ, start_response):
-        headers = {k[5:].replace("_", "-"): v for k, v in environ.items()
-                   if k.startswith("HTTP_") and k[5:].lower() not in HOP}
+        headers = {
+            k[5:].replace("_", "-"): v
+            for k, v in environ.items()
+            if k.startswith("HTTP_") and k[5:].lower() not in HOP
+        }
         for k in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(k):
                 headers[k.replace("_", "-")] = environ[k]
         body = environ["wsgi.input"] if environ.get("CONTENT_LENGTH") else None
         resp = next(pools).urlopen(
-            environ["REQUEST_METHOD"], environ["REQUEST_URI"], body=body,
-            headers=headers, preload_content=False, redirect=False)
-        start_response(f"{resp.status} {resp.reason}", [
-            (k, v) for k, v in resp.headers.items() if k.lower() not in HOP])
+            environ["REQUEST_METHOD"],
+            environ["REQUEST_URI"],
+            body=body,
+            headers=headers,
+            preload_content=False,
+            redirect=False,
+        )
+        start_response(
+            f"{resp.status} {resp.reason}",
+            [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP],
+        )
         return Body(resp)
+
     return app
 
 
@@ -55,8 +72,12 @@ if __name__ == "__main__":
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = waitress.create_server(make_app(a.backends, a.threads), host=a.host,
-                                    port=a.port, threads=a.threads,
-                                    max_request_body_size=1 << 40)
+    server = waitress.create_server(
+        make_app(a.backends, a.threads),
+        host=a.host,
+        port=a.port,
+        threads=a.threads,
+        max_request_body_size=1 << 40,
+    )
     print(f"LISTENING {a.host}:{server.effective_port}", flush=True)
     server.run()

@@ -31,9 +31,7 @@ class HarnessError(RuntimeError):
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -121,9 +119,7 @@ class Procs:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if popen.poll() is not None:
-                raise HarnessError(
-                    f"{name} exited with {popen.returncode}:\n{proc.log_tail()}"
-                )
+                raise HarnessError(f"{name} exited with {popen.returncode}:\n{proc.log_tail()}")
             if port is not None:
                 if wait_port(port, min(deadline, time.monotonic() + 0.5)):
                     proc.port = port
@@ -166,6 +162,8 @@ def install_signal_handlers() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
+    # also when started in the background, where SIGINT is inherited ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- /proc -----------------------------------------------------------------
@@ -213,9 +211,7 @@ def parse_wrk(text: str) -> dict:
         out[f"p{pct}_ms"] = _ms(m.group(1), m.group(2)) if m else None
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     out["non2xx"] = int(m.group(1)) if m else 0
-    m = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     out["socket_errors"] = sum(int(g) for g in m.groups()) if m else 0
     return out
 
@@ -240,9 +236,7 @@ def run_wrk(
         ],
         cpu,
     )
-    res = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + timeout_s + 30
-    )
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
     if res.returncode != 0:
         raise HarnessError(f"wrk failed ({res.returncode}): {res.stderr}{res.stdout}")
     return parse_wrk(res.stdout)
@@ -263,25 +257,49 @@ def measure(proc: Proc, url: str, seconds: float, connections: int, cpu: int | N
 # -- starting the things under test ---------------------------------------------
 
 
-def start_backend(procs: Procs, name: str, cpu: int | None, delay: float = 0.0,
-                  threads: int = 8) -> Proc:
-    argv = [PY, str(HERE / "backends.py"), "--delay", str(delay), "--threads", str(threads)]
+def start_backend(
+    procs: Procs, name: str, cpu: int | None, delay: float = 0.0, threads: int = 8
+) -> Proc:
+    argv = [
+        PY,
+        str(HERE / "backends.py"),
+        "--delay",
+        str(delay),
+        "--threads",
+        str(threads),
+    ]
     return procs.start(name, argv, cpu=cpu)
 
 
-def start_bare(procs: Procs, name: str, backends: list[str], threads: int,
-               cpu: int | None) -> Proc:
+def start_bare(procs: Procs, name: str, backends: list[str], threads: int, cpu: int | None) -> Proc:
     argv = [PY, str(HERE / "bare_loop.py"), *backends, "--threads", str(threads)]
     return procs.start(name, argv, cpu=cpu)
 
 
-def start_zope_lb(procs: Procs, name: str, backends: list[str], threads: int,
-                  cpu: int | None, strategy: str = "round_robin",
-                  opts: dict | None = None, extra: list[str] | None = None) -> Proc:
-    argv = [PY, str(HERE / "serve_lb.py"), *backends, "--threads", str(threads),
-            "--strategy", strategy]
+def start_zope_lb(
+    procs: Procs,
+    name: str,
+    backends: list[str],
+    threads: int,
+    cpu: int | None,
+    strategy: str = "round_robin",
+    opts: dict | None = None,
+    extra: list[str] | None = None,
+) -> Proc:
+    argv = [
+        PY,
+        str(HERE / "serve_lb.py"),
+        *backends,
+        "--threads",
+        str(threads),
+        "--strategy",
+        strategy,
+    ]
     for key, value in (opts or {}).items():
-        argv += ["--opt", f"{key}={value!r}" if not isinstance(value, str) else f"{key}={value}"]
+        argv += [
+            "--opt",
+            f"{key}={value!r}" if not isinstance(value, str) else f"{key}={value}",
+        ]
     argv += extra or []
     return procs.start(name, argv, cpu=cpu, timeout=30)
 
@@ -312,19 +330,26 @@ backend be
 """
 
 
-def start_haproxy(procs: Procs, name: str, backends: list[str], cpu: int | None,
-                  server_maxconn: int | None = None) -> Proc:
+def start_haproxy(
+    procs: Procs,
+    name: str,
+    backends: list[str],
+    cpu: int | None,
+    server_maxconn: int | None = None,
+) -> Proc:
     if not shutil.which("haproxy"):
         raise HarnessError("haproxy not installed")
     port = free_port()
     limit = f" maxconn {server_maxconn}" if server_maxconn else ""
-    servers = "\n".join(
-        f"    server b{i} {addr}{limit}" for i, addr in enumerate(backends, 1)
-    )
+    servers = "\n".join(f"    server b{i} {addr}{limit}" for i, addr in enumerate(backends, 1))
     cfg = procs.logdir / f"{name}.cfg"
     cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True,
-                           text=True, timeout=30)
+    check = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if check.returncode != 0:
         raise HarnessError(f"bad haproxy config {cfg}: {check.stderr}{check.stdout}")
     proc = procs.start(name, ["haproxy", "-db", "-f", str(cfg)], cpu=cpu, port=port)
@@ -335,6 +360,10 @@ def start_haproxy(procs: Procs, name: str, backends: list[str], cpu: int | None,
 def zope_lb_available() -> tuple[bool, str]:
     res = subprocess.run(
         [PY, "-c", "from zope_lb import LoadBalancer"],
-        capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=child_env(),
+        timeout=60,
     )
     return res.returncode == 0, (res.stderr.strip().splitlines() or [""])[-1]

@@ -36,31 +36,61 @@ TARGET_RSS_MB = 50
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 s per point, 1 repetition, 256 MiB streams")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 s per point, 1 repetition, 256 MiB streams",
+    )
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
     p.add_argument("--reps", type=int, help="repetitions, medians reported (default 3)")
     p.add_argument("--warmup", type=float, help="seconds of unmeasured wrk first (2)")
     p.add_argument("--connections", type=int, default=16, help="wrk -c (16)")
-    p.add_argument("--threads", type=int, default=16,
-                   help="waitress threads for zope_lb and the bare loop (16)")
-    p.add_argument("--only", default=",".join(CONFIGS),
-                   help=f"comma list of {','.join(CONFIGS)}")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS + ("stream",)),
-                   help="comma list of small,zope,stream")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=16,
+        help="waitress threads for zope_lb and the bare loop (16)",
+    )
+    p.add_argument("--only", default=",".join(CONFIGS), help=f"comma list of {','.join(CONFIGS)}")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS + ("stream",)),
+        help="comma list of small,zope,stream",
+    )
     p.add_argument("--pinning", choices=("both", "pinned", "unpinned"), default="both")
     p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (0)")
-    p.add_argument("--load-cpu", type=int, default=1,
-                   help="CPU for wrk and the backends (1)")
-    p.add_argument("--zope-delay", type=float, default=0.020,
-                   help="seconds per request of a Zope-like backend (0.020)")
-    p.add_argument("--zope-threads", type=int, default=8,
-                   help="concurrent requests per Zope-like backend (8)")
-    p.add_argument("--stream-size", type=int,
-                   help="bytes for download/upload checks (default 1 GiB, quick 256 MiB)")
+    p.add_argument("--load-cpu", type=int, default=1, help="CPU for wrk and the backends (1)")
+    p.add_argument(
+        "--zope-delay",
+        type=float,
+        default=0.020,
+        help="seconds per request of a Zope-like backend (0.020)",
+    )
+    p.add_argument(
+        "--zope-threads",
+        type=int,
+        default=8,
+        help="concurrent requests per Zope-like backend (8)",
+    )
+    p.add_argument(
+        "--haproxy-maxconn",
+        type=int,
+        help="HAProxy per-server maxconn in the zope scenario "
+        "(default: --zope-threads, like zope_lb's maxconn; 0 = none)",
+    )
+    p.add_argument(
+        "--stream-size",
+        type=int,
+        help="bytes for download/upload checks (default 1 GiB, quick 256 MiB)",
+    )
     p.add_argument("--strategy", default="round_robin", help="zope_lb strategy")
-    p.add_argument("--lb-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra LoadBalancer keyword (repeatable); overrides defaults")
+    p.add_argument(
+        "--lb-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra LoadBalancer keyword (repeatable); overrides defaults",
+    )
     p.add_argument("--output", default=str(h.HERE / "results" / "latest.json"))
     p.add_argument("--keep-logs", action="store_true", help="keep the temp log dir")
     a = p.parse_args(argv)
@@ -68,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.reps = a.reps or (1 if a.quick else 3)
     a.warmup = a.warmup if a.warmup is not None else (1.0 if a.quick else 2.0)
     a.stream_size = a.stream_size or ((256 if a.quick else 1024) << 20)
+    if a.haproxy_maxconn is None:
+        a.haproxy_maxconn = a.zope_threads
     a.configs = [c.strip() for c in a.only.split(",") if c.strip()]
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     bad = set(a.configs) - set(CONFIGS)
@@ -95,8 +127,7 @@ def log(msg: str) -> None:
 # -- throughput -------------------------------------------------------------------
 
 
-def run_throughput(args, procs: h.Procs, pinned: bool, results: list,
-                   notes: list) -> dict:
+def run_throughput(args, procs: h.Procs, pinned: bool, results: list, notes: list) -> dict:
     pcpu = args.proxy_cpu if pinned else None
     lcpu = args.load_cpu if pinned else None
     pin_name = "pinned" if pinned else "unpinned"
@@ -104,8 +135,7 @@ def run_throughput(args, procs: h.Procs, pinned: bool, results: list,
     backends = {
         "small": [h.start_backend(procs, f"fast{i}-{pin_name}", lcpu) for i in (1, 2)],
         "zope": [
-            h.start_backend(procs, f"zope{i}-{pin_name}", lcpu, args.zope_delay,
-                            args.zope_threads)
+            h.start_backend(procs, f"zope{i}-{pin_name}", lcpu, args.zope_delay, args.zope_threads)
             for i in (1, 2)
             if "zope" in args.scenarios
         ],
@@ -121,42 +151,88 @@ def run_throughput(args, procs: h.Procs, pinned: bool, results: list,
                     if cfg == "direct":
                         targets[cfg] = backends[scenario][0]
                     elif cfg == "bare":
-                        targets[cfg] = h.start_bare(procs, name, addrs, args.threads,
-                                                    pcpu)
+                        targets[cfg] = h.start_bare(procs, name, addrs, args.threads, pcpu)
                     elif cfg == "zope_lb":
                         targets[cfg] = h.start_zope_lb(
-                            procs, name, addrs, args.threads, pcpu, args.strategy,
-                            lb_options(args, scenario))
+                            procs,
+                            name,
+                            addrs,
+                            args.threads,
+                            pcpu,
+                            args.strategy,
+                            lb_options(args, scenario),
+                        )
                     elif cfg == "haproxy":
                         targets[cfg] = h.start_haproxy(
-                            procs, name, addrs, pcpu,
-                            args.zope_threads if scenario == "zope" else None)
+                            procs,
+                            name,
+                            addrs,
+                            pcpu,
+                            (args.haproxy_maxconn or None) if scenario == "zope" else None,
+                        )
                 except h.HarnessError as exc:
                     notes.append(f"{name} skipped: {exc}")
                     log(f"ERROR: {notes[-1]}")
                     continue
                 if cfg != "direct":
                     started.append(targets[cfg])
+            # direct to one Zope-like backend: load it at its own capacity
+            # (its thread count), not with the connections meant for two
+            conns = {
+                cfg: args.zope_threads
+                if (scenario, cfg) == ("zope", "direct")
+                else args.connections
+                for cfg in targets
+            }
+            failed: set = set()
             for cfg, proc in targets.items():
                 url = f"http://127.0.0.1:{proc.port}/"
                 if args.warmup > 0:
-                    h.run_wrk(url, args.warmup, args.connections, cpu=lcpu)
+                    try:
+                        h.run_wrk(url, args.warmup, conns[cfg], cpu=lcpu)
+                    except (h.HarnessError, subprocess.TimeoutExpired) as exc:
+                        failed.add(cfg)
+                        notes.append(f"{cfg} {scenario} {pin_name} dropped: {exc}")
+                        log(f"ERROR: {notes[-1]}")
             order = list(targets)
             for rep in range(args.reps):
                 k = rep % len(order)
                 for cfg in order[k:] + order[:k]:
                     proc = targets[cfg]
+                    if cfg in failed:
+                        continue
                     url = f"http://127.0.0.1:{proc.port}/"
-                    r = h.measure(proc, url, args.duration, args.connections, lcpu)
-                    r.update(scenario=scenario, pinning=pin_name, config=cfg, rep=rep)
+                    try:
+                        if proc.popen.poll() is not None:
+                            raise h.HarnessError(f"exited:\n{proc.log_tail()}")
+                        r = h.measure(proc, url, args.duration, conns[cfg], lcpu)
+                    except (h.HarnessError, subprocess.TimeoutExpired) as exc:
+                        failed.add(cfg)
+                        notes.append(f"{cfg} {scenario} {pin_name} dropped: {exc}")
+                        log(f"ERROR: {notes[-1]}")
+                        continue
+                    r.update(
+                        scenario=scenario,
+                        pinning=pin_name,
+                        config=cfg,
+                        rep=rep,
+                        connections=conns[cfg],
+                    )
                     results.append(r)
-                    log(f"  {scenario:5} {pin_name:8} {cfg:8} rep {rep}: "
+                    log(
+                        f"  {scenario:5} {pin_name:8} {cfg:8} rep {rep}: "
                         f"{r['rps']:9.1f} req/s  p50 {fmt(r['p50_ms'], '.2f')} ms  "
-                        f"p99 {fmt(r['p99_ms'], '.2f')} ms  cpu {fmt(r['cpu_ms_per_1000'])} ms/1k"
-                        + (f"  ERRORS non2xx={r['non2xx']} sock={r['socket_errors']}"
-                           if r["non2xx"] or r["socket_errors"] else ""))
+                        f"p99 {fmt(r['p99_ms'], '.2f')} ms  "
+                        f"cpu {fmt(r['cpu_ms_per_1000'])} ms/1k"
+                        + (
+                            f"  ERRORS non2xx={r['non2xx']} sock={r['socket_errors']}"
+                            if r["non2xx"] or r["socket_errors"]
+                            else ""
+                        )
+                    )
             for cfg, proc in targets.items():
-                peaks[(scenario, pin_name, cfg)] = h.mem_kb(proc.pid)["VmHWM"] / 1024
+                if proc.popen.poll() is None:
+                    peaks[(scenario, pin_name, cfg)] = h.mem_kb(proc.pid)["VmHWM"] / 1024
         finally:
             for proc in started:
                 procs.stop(proc)
@@ -168,9 +244,10 @@ def run_throughput(args, procs: h.Procs, pinned: bool, results: list,
 
 def summarize(results: list, peaks: dict) -> list:
     rows = []
-    keys = sorted({(r["scenario"], r["pinning"], r["config"]) for r in results},
-                  key=lambda k: (SCENARIOS.index(k[0]), k[1] != "pinned",
-                                 CONFIGS.index(k[2])))
+    keys = sorted(
+        {(r["scenario"], r["pinning"], r["config"]) for r in results},
+        key=lambda k: (SCENARIOS.index(k[0]), k[1] != "pinned", CONFIGS.index(k[2])),
+    )
     for key in keys:
         runs = [r for r in results if (r["scenario"], r["pinning"], r["config"]) == key]
 
@@ -178,13 +255,27 @@ def summarize(results: list, peaks: dict) -> list:
             vals = [r[field] for r in runs if r[field] is not None]
             return statistics.median(vals) if vals else None
 
-        rows.append({
-            "scenario": key[0], "pinning": key[1], "config": key[2],
-            "reps": len(runs), "rps": med("rps"), "p50_ms": med("p50_ms"),
-            "p99_ms": med("p99_ms"), "cpu_ms_per_1000": med("cpu_ms_per_1000"),
-            "cpu_util": med("cpu_util"), "peak_rss_mb": peaks.get(key),
-            "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs),
-        })
+        def spread(field, runs=runs):
+            vals = [r[field] for r in runs if r[field] is not None]
+            return [min(vals), max(vals)] if vals else None
+
+        rows.append(
+            {
+                "scenario": key[0],
+                "pinning": key[1],
+                "config": key[2],
+                "reps": len(runs),
+                "rps": med("rps"),
+                "p50_ms": med("p50_ms"),
+                "p99_ms": med("p99_ms"),
+                "cpu_ms_per_1000": med("cpu_ms_per_1000"),
+                "cpu_util": med("cpu_util"),
+                "cpu_ms_per_1000_range": spread("cpu_ms_per_1000"),
+                "rps_range": spread("rps"),
+                "peak_rss_mb": peaks.get(key),
+                "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+            }
+        )
     return rows
 
 
@@ -199,17 +290,29 @@ def ratios(rows: list) -> list:
             if lb and bare and lb["cpu_ms_per_1000"] and bare["cpu_ms_per_1000"]:
                 v = lb["cpu_ms_per_1000"] / bare["cpu_ms_per_1000"]
                 target = TARGET_CPU_RATIO if scenario == "small" else None
-                out.append({"name": "cpu/req zope_lb / bare", "scenario": scenario,
-                            "pinning": pin, "value": v, "target": f"<= {target}"
-                            if target else None,
-                            "pass": (v <= target) if target else None})
+                out.append(
+                    {
+                        "name": "cpu/req zope_lb / bare",
+                        "scenario": scenario,
+                        "pinning": pin,
+                        "value": v,
+                        "target": f"<= {target}" if target else None,
+                        "pass": (v <= target) if target else None,
+                    }
+                )
             if lb and hap and lb["rps"] and hap["rps"]:
                 v = lb["rps"] / hap["rps"]
                 target = TARGET_RPS_RATIO if scenario == "zope" else None
-                out.append({"name": "req/s zope_lb / haproxy", "scenario": scenario,
-                            "pinning": pin, "value": v, "target": f">= {target}"
-                            if target else None,
-                            "pass": (v >= target) if target else None})
+                out.append(
+                    {
+                        "name": "req/s zope_lb / haproxy",
+                        "scenario": scenario,
+                        "pinning": pin,
+                        "value": v,
+                        "target": f">= {target}" if target else None,
+                        "pass": (v >= target) if target else None,
+                    }
+                )
     return out
 
 
@@ -257,9 +360,15 @@ def download(port: int, size: int, timeout: float) -> dict:
         t_end = time.monotonic()
     finally:
         conn.close()
-    return {"status": resp.status, "bytes": got, "ok": resp.status == 200 and got == size,
-            "headers_ms": (t_head - t0) * 1000, "ttfb_ms": (t_first - t0) * 1000,
-            "seconds": t_end - t0, "mb_per_s": got / (1 << 20) / (t_end - t0)}
+    return {
+        "status": resp.status,
+        "bytes": got,
+        "ok": resp.status == 200 and got == size,
+        "headers_ms": (t_head - t0) * 1000,
+        "ttfb_ms": (t_first - t0) * 1000,
+        "seconds": t_end - t0,
+        "mb_per_s": got / (1 << 20) / (t_end - t0),
+    }
 
 
 def upload(port: int, size: int, timeout: float) -> dict:
@@ -286,9 +395,13 @@ def upload(port: int, size: int, timeout: float) -> dict:
         received = json.loads(body)["received"]
     except (ValueError, KeyError, TypeError):
         received = None
-    return {"status": resp.status, "received": received,
-            "ok": resp.status == 200 and received == size,
-            "seconds": t_end - t0, "mb_per_s": size / (1 << 20) / (t_end - t0)}
+    return {
+        "status": resp.status,
+        "received": received,
+        "ok": resp.status == 200 and received == size,
+        "seconds": t_end - t0,
+        "mb_per_s": size / (1 << 20) / (t_end - t0),
+    }
 
 
 def run_streaming(args, procs: h.Procs, notes: list) -> list:
@@ -307,8 +420,15 @@ def run_streaming(args, procs: h.Procs, notes: list) -> list:
                     elif cfg == "bare":
                         proc = h.start_bare(procs, name, addrs, args.threads, None)
                     elif cfg == "zope_lb":
-                        proc = h.start_zope_lb(procs, name, addrs, args.threads, None,
-                                               args.strategy, lb_options(args, "small"))
+                        proc = h.start_zope_lb(
+                            procs,
+                            name,
+                            addrs,
+                            args.threads,
+                            None,
+                            args.strategy,
+                            lb_options(args, "small"),
+                        )
                     else:
                         proc = h.start_haproxy(procs, name, addrs, None)
                 except h.HarnessError as exc:
@@ -318,8 +438,7 @@ def run_streaming(args, procs: h.Procs, notes: list) -> list:
                 try:
                     if cfg != "direct":  # warm up: imports, pools, first buffers
                         for _ in range(4):
-                            c = http.client.HTTPConnection("127.0.0.1", proc.port,
-                                                           timeout=10)
+                            c = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
                             c.request("GET", "/")
                             c.getresponse().read()
                             c.close()
@@ -334,23 +453,32 @@ def run_streaming(args, procs: h.Procs, notes: list) -> list:
                     finally:
                         sampler.stop()
                     after = h.mem_kb(proc.pid)
-                    r.update(config=cfg, phase=phase, size=size,
-                             rss_base_mb=base["VmRSS"] / 1024,
-                             rss_sampled_delta_mb=(sampler.max_kb - base["VmRSS"]) / 1024,
-                             rss_hwm_delta_mb=(after["VmHWM"] - base["VmRSS"]) / 1024,
-                             samples=sampler.samples)
+                    r.update(
+                        config=cfg,
+                        phase=phase,
+                        size=size,
+                        rss_base_mb=base["VmRSS"] / 1024,
+                        rss_sampled_delta_mb=(sampler.max_kb - base["VmRSS"]) / 1024,
+                        rss_hwm_delta_mb=(after["VmHWM"] - base["VmRSS"]) / 1024,
+                        samples=sampler.samples,
+                    )
                     if cfg == "direct":
                         r["rss_sampled_delta_mb"] = r["rss_hwm_delta_mb"] = None
                         r["rss_pass"] = None
                     else:
                         r["rss_pass"] = r["rss_hwm_delta_mb"] < TARGET_RSS_MB
                     out.append(r)
-                    log(f"  stream {cfg:8} {phase:8}: ok={r['ok']} "
+                    log(
+                        f"  stream {cfg:8} {phase:8}: ok={r['ok']} "
                         f"{r.get('seconds', 0):.2f} s  {r.get('mb_per_s', 0):.0f} MiB/s"
                         + (f"  ttfb {r['ttfb_ms']:.1f} ms" if "ttfb_ms" in r else "")
-                        + (f"  rss +{r['rss_hwm_delta_mb']:.1f} MB"
-                           if r["rss_hwm_delta_mb"] is not None else "")
-                        + (f"  {r['error']}" if "error" in r else ""))
+                        + (
+                            f"  rss +{r['rss_hwm_delta_mb']:.1f} MB"
+                            if r["rss_hwm_delta_mb"] is not None
+                            else ""
+                        )
+                        + (f"  {r['error']}" if "error" in r else "")
+                    )
                 finally:
                     if cfg != "direct":
                         procs.stop(proc)
@@ -364,51 +492,84 @@ def run_streaming(args, procs: h.Procs, notes: list) -> list:
 
 
 def fmt(v, spec=".3f") -> str:
-    return "-" if v is None else format(v, spec)
+    if v is None:
+        width = spec.split(".")[0]
+        return "-".rjust(int(width)) if width.isdigit() else "-"
+    return format(v, spec)
 
 
 def report(args, rows, rats, streams, notes) -> str:
-    lines = []
+    lines: list[str] = []
     w = lines.append
     if rows:
-        w(f"Throughput: wrk -t1 -c{args.connections}, {args.duration:g} s x {args.reps}, "
-          f"medians. Pinned: proxy on CPU {args.proxy_cpu}, wrk+backends on CPU "
-          f"{args.load_cpu}. waitress threads={args.threads}.")
-        w("  small = 2 fast backends (128 B body); zope = 2 backends x "
-          f"{args.zope_threads} slots x {args.zope_delay * 1000:g} ms "
-          f"(possible {2 * args.zope_threads / args.zope_delay:.0f} req/s).")
-        w("  direct = wrk straight to backend 1; its CPU/RSS are the backend's.")
+        w(
+            f"Throughput: wrk -t1 -c{args.connections}, "
+            f"{args.duration:g} s x {args.reps}, "
+            f"medians. Pinned: proxy on CPU {args.proxy_cpu}, wrk+backends on CPU "
+            f"{args.load_cpu}. waitress threads={args.threads}."
+        )
+        w(
+            "  small = 2 fast backends (128 B body); zope = 2 backends x "
+            f"{args.zope_threads} slots x {args.zope_delay * 1000:g} ms "
+            f"(possible {2 * args.zope_threads / args.zope_delay:.0f} req/s)."
+        )
+        w("  +-% = half the min-max spread of CPU ms/1k over the repetitions.")
+        w(
+            "  direct = wrk straight to backend 1 (zope: with -c"
+            f"{args.zope_threads}, its capacity); its CPU/RSS are the backend's."
+        )
+        w(
+            f"  zope_lb maxconn: small {lb_options(args, 'small')['maxconn']}, zope "
+            f"{lb_options(args, 'zope')['maxconn']}; haproxy server maxconn: "
+            f"small none, zope {args.haproxy_maxconn or 'none'}."
+        )
         w("")
-        w(f"{'scenario':8} {'pinning':8} {'config':8} {'req/s':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'CPU ms/1k':>10} {'CPU %':>6} {'peak RSS MB':>11} {'errors':>6}")
+        w(
+            f"{'scenario':8} {'pinning':8} {'config':8} {'req/s':>9} {'p50 ms':>8} "
+            f"{'p99 ms':>8} {'CPU ms/1k':>10} {'+-%':>4} {'CPU %':>6} {'peak RSS MB':>11} "
+            f"{'errors':>6}"
+        )
         for r in rows:
-            w(f"{r['scenario']:8} {r['pinning']:8} {r['config']:8} {fmt(r['rps'], '9.1f')} "
-              f"{fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
-              f"{fmt(r['cpu_ms_per_1000'], '10.1f')} "
-              f"{fmt(r['cpu_util'] * 100 if r['cpu_util'] is not None else None, '6.0f')} "
-              f"{fmt(r['peak_rss_mb'], '11.1f')} {r['errors']:6d}")
+            util = None if r["cpu_util"] is None else r["cpu_util"] * 100
+            lo_hi, mid = r["cpu_ms_per_1000_range"], r["cpu_ms_per_1000"]
+            half = 50 * (lo_hi[1] - lo_hi[0]) / mid if lo_hi and mid else None
+            w(
+                f"{r['scenario']:8} {r['pinning']:8} {r['config']:8} "
+                f"{fmt(r['rps'], '9.1f')} "
+                f"{fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
+                f"{fmt(r['cpu_ms_per_1000'], '10.1f')} {fmt(half, '4.0f')} "
+                f"{fmt(util, '6.0f')} "
+                f"{fmt(r['peak_rss_mb'], '11.1f')} {r['errors']:6d}"
+            )
         w("")
     if rats:
         w("Ratios (same run):")
         for q in rats:
             verdict = "" if q["pass"] is None else ("PASS" if q["pass"] else "FAIL")
-            w(f"  {q['name']:26} {q['scenario']:5} {q['pinning']:8} {q['value']:6.3f}"
-              f"  {q['target'] or '(info)':9} {verdict}")
+            w(
+                f"  {q['name']:26} {q['scenario']:5} {q['pinning']:8} {q['value']:6.3f}"
+                f"  {q['target'] or '(info)':9} {verdict}"
+            )
         w("")
     if streams:
         mb = args.stream_size / (1 << 20)
-        w(f"Streaming {mb:g} MiB (unpinned; fresh process per transfer; RSS delta = "
-          f"peak (VmHWM) - RSS before, target < {TARGET_RSS_MB} MB):")
-        w(f"  {'config':8} {'phase':8} {'ok':5} {'seconds':>8} {'MiB/s':>7} "
-          f"{'headers ms':>10} {'TTFB ms':>8} {'RSS +MB':>8} {'sampled':>8}")
+        w(
+            f"Streaming {mb:g} MiB (unpinned; fresh process per transfer; RSS delta = "
+            f"peak (VmHWM) - RSS before, target < {TARGET_RSS_MB} MB):"
+        )
+        w(
+            f"  {'config':8} {'phase':8} {'ok':5} {'seconds':>8} {'MiB/s':>7} "
+            f"{'headers ms':>10} {'TTFB ms':>8} {'RSS +MB':>8} {'sampled':>8}"
+        )
         for s in streams:
-            verdict = "" if s.get("rss_pass") is None else (
-                "PASS" if s["rss_pass"] else "FAIL")
-            w(f"  {s['config']:8} {s['phase']:8} {str(s['ok']):5} "
-              f"{fmt(s.get('seconds'), '8.2f')} {fmt(s.get('mb_per_s'), '7.0f')} "
-              f"{fmt(s.get('headers_ms'), '10.1f')} {fmt(s.get('ttfb_ms'), '8.1f')} "
-              f"{fmt(s.get('rss_hwm_delta_mb'), '8.1f')} "
-              f"{fmt(s.get('rss_sampled_delta_mb'), '8.1f')} {verdict}")
+            verdict = "" if s.get("rss_pass") is None else ("PASS" if s["rss_pass"] else "FAIL")
+            w(
+                f"  {s['config']:8} {s['phase']:8} {str(s['ok']):5} "
+                f"{fmt(s.get('seconds'), '8.2f')} {fmt(s.get('mb_per_s'), '7.0f')} "
+                f"{fmt(s.get('headers_ms'), '10.1f')} {fmt(s.get('ttfb_ms'), '8.1f')} "
+                f"{fmt(s.get('rss_hwm_delta_mb'), '8.1f')} "
+                f"{fmt(s.get('rss_sampled_delta_mb'), '8.1f')} {verdict}"
+            )
         w("")
     for n in notes:
         w(f"NOTE: {n}")
@@ -423,9 +584,10 @@ def meta(args) -> dict:
         except (OSError, IndexError, subprocess.SubprocessError):
             return None
 
+    from importlib.metadata import version
+
     import urllib3
     import waitress  # noqa: F401
-    from importlib.metadata import version
 
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -438,8 +600,7 @@ def meta(args) -> dict:
         "haproxy": cmd(["haproxy", "-v"]),
         "wrk": cmd(["wrk", "-v"]),
         "git_head": cmd(["git", "-C", str(h.REPO), "rev-parse", "HEAD"]),
-        "params": {k: v for k, v in vars(args).items() if k != "lb_opt"}
-        | {"lb_opt": args.lb_opt},
+        "params": {k: v for k, v in vars(args).items() if k != "lb_opt"} | {"lb_opt": args.lb_opt},
     }
 
 
@@ -498,16 +659,30 @@ def main(argv=None) -> int:
     print(report(args, rows, rats, streams, notes))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "meta": info, "summary": rows, "ratios": rats, "streaming": streams,
-        "runs": results, "notes": notes,
-        "peak_rss_mb": [{"scenario": k[0], "pinning": k[1], "config": k[2], "mb": v}
-                        for k, v in peaks.items()],
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "meta": info,
+                "summary": rows,
+                "ratios": rats,
+                "streaming": streams,
+                "runs": results,
+                "notes": notes,
+                "peak_rss_mb": [
+                    {"scenario": k[0], "pinning": k[1], "config": k[2], "mb": v}
+                    for k, v in peaks.items()
+                ],
+            },
+            indent=2,
+        )
+    )
     print(f"JSON: {out}  ({info['elapsed_s']:.0f} s)")
     failed = any(q["pass"] is False for q in rats) or any(
-        s.get("rss_pass") is False or not s.get("ok") for s in streams)
-    return 130 if interrupted else (1 if failed or any(n.startswith("harness") for n in notes) else 0)
+        s.get("rss_pass") is False or not s.get("ok") for s in streams
+    )
+    return (
+        130 if interrupted else (1 if failed or any(n.startswith("harness") for n in notes) else 0)
+    )
 
 
 if __name__ == "__main__":

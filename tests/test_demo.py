@@ -146,8 +146,12 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ini", ["development.ini", None], ids=["ini", "no-ini"])
-def test_zope_lb_demo_end_to_end(tmp_path: Path, ini: str | None) -> None:
+@pytest.mark.parametrize(
+    ("ini", "stop"),
+    [("development.ini", signal.SIGINT), (None, signal.SIGTERM)],
+    ids=["ini-ctrl-c", "no-ini-sigterm"],
+)
+def test_zope_lb_demo_end_to_end(tmp_path: Path, ini: str | None, stop: signal.Signals) -> None:
     *ports, lb_port = _free_ports(4)
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     cmd = _demo_cmd(
@@ -158,9 +162,7 @@ def test_zope_lb_demo_end_to_end(tmp_path: Path, ini: str | None) -> None:
         cmd += ["--ini", str(ROOT / ini)]
     # Files, not pipes: a full pipe would block the demo's logging.
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            cmd, stdout=stdout, stderr=stderr, cwd=tmp_path, env=_env()
-        )
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=tmp_path, env=_env())
     try:
         _wait_for(lb_port, proc, timeout=20)
         banner = out.read_text()
@@ -177,12 +179,13 @@ def test_zope_lb_demo_end_to_end(tmp_path: Path, ini: str | None) -> None:
         assert res.headers["Location"] == "/"
         assert "Written through the balancer" in _get_text(lb_port)
 
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+    assert "Stopping the demo" in out.read_text()
     assert "Traceback" not in err.read_text()
     assert all(_refuses(p) for p in [*ports, lb_port])
     deadline = time.monotonic() + 5

@@ -17,11 +17,11 @@ import contextlib
 import errno
 import http.client
 import logging
-import logging.config
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zope_lb.demo_backend import init_db
+from zope_lb.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,12 @@ class DemoError(Exception):
     """A start-up problem worth one line to the user, not a traceback."""
 
 
-class _Stop(Exception):
-    """Raised from the SIGTERM handler to unwind like Ctrl-C."""
+class _Stop(KeyboardInterrupt):
+    """Raised from the SIGTERM handler to unwind exactly like Ctrl-C.
+
+    A KeyboardInterrupt, because waitress's loop swallows (logs) ordinary
+    exceptions raised in its callbacks and re-raises only this kind.
+    """
 
 
 @dataclass
@@ -64,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``demo`` options to ``parser`` (used by ``zope_lb.cli``)."""
     parser.add_argument(
         "--ini",
-        default="development.ini",
+        default=None,
         help="balancer config (default: development.ini in the current "
         "directory; without it the balancer is built in code)",
     )
@@ -113,18 +118,22 @@ def run(args: argparse.Namespace) -> int:
     if main_thread:  # signal handlers can only be set from the main thread
         saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_stop)
+        # Ctrl-C must stop the demo even if we were started with SIGINT
+        # ignored (a background job of a non-interactive shell).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with contextlib.ExitStack() as stack:
             try:
-                return _run(args, stack)
-            except (KeyboardInterrupt, _Stop):
-                _ignore_interrupts(main_thread)
-                print("\nStopping the demo...", flush=True)
-                return 0
+                _run(args, stack)  # returns when waitress stops on Ctrl-C
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as _Stop
+                pass
             except DemoError as exc:
                 _ignore_interrupts(main_thread)
                 print(f"zope-lb demo: error: {exc}", file=sys.stderr, flush=True)
                 return 1
+            _ignore_interrupts(main_thread)
+            print("\nStopping the demo...", flush=True)
+            return 0
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, saved[0])
@@ -142,11 +151,13 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
-def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     host = args.host or DEFAULT_HOST
     ports = list(args.ports or DEFAULT_PORTS)
-    ini = os.path.abspath(args.ini)
+    ini = os.path.abspath(args.ini or "development.ini")
     have_ini = os.path.isfile(ini)
+    if args.ini and not have_ini:  # only the default may be missing
+        raise DemoError(f"no such file: {args.ini}")
     server_conf = _server_conf(ini) if have_ini else {}
     ini_host, ini_port = _listen(server_conf)
     lb_host = args.host or ini_host or DEFAULT_HOST
@@ -164,22 +175,26 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         tmp = tempfile.mkdtemp(prefix="zope_lb-demo-")
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         db = os.path.join(tmp, "demo.sqlite")
-    init_db(db)  # once here, so the clients never race to create the tables
+    try:
+        init_db(db)  # once here, so the clients never race to create the tables
+    except sqlite3.Error as exc:
+        raise DemoError(f"cannot use {db} as the shared database: {exc}") from None
 
-    if have_ini:
-        _setup_logging(ini)
-    else:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s",
-        )
+    from zope_lb.cli import setup_logging
+
+    setup_logging(ini)  # the ini's logging, or INFO to stderr without one
 
     clients = _start_clients(host, ports, db, stack)
     _wait_until_up(host, clients)
 
     override = args.ports is not None or args.host is not None
     backends = [f"{host}:{c.port}  id={c.name}" for c in clients]
-    app, source = _build_balancer(ini if have_ini else None, backends, override)
+    try:
+        app, source = _build_balancer(ini if have_ini else None, backends, override)
+    except ConfigError as exc:
+        raise DemoError(f"configuration error in {ini}: {exc}") from None
+    except LookupError as exc:  # e.g. an egg: or section the ini names is missing
+        raise DemoError(f"{ini}: {exc}") from None
     close = getattr(app, "close", None)
     if callable(close):
         stack.callback(close)
@@ -194,8 +209,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     stack.callback(server.close)
 
     _print_banner(f"http://{_url_host(lb_host)}:{lb_port}/", source, db, clients)
-    server.run()
-    return 0
+    server.run()  # waitress itself catches KeyboardInterrupt and returns
 
 
 def _server_conf(ini: str) -> dict[str, str]:
@@ -261,9 +275,7 @@ def _start_clients(
         ]  # fmt: skip
         # A session of its own: a terminal's Ctrl-C reaches only us, and we
         # stop the clients in order; --parent stops them if we are killed.
-        process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         stack.callback(_stop_process, process)
         clients.append(_Client(name, port, process))
     return clients
@@ -311,30 +323,12 @@ def _answers(host: str, port: int) -> bool:
         conn.close()
 
 
-def _setup_logging(ini: str) -> None:
-    """Use the ini's logging sections, as ``pserve`` would."""
-    parser = configparser.RawConfigParser()
-    parser.read(ini, encoding="utf-8")
-    if parser.has_section("loggers"):
-        here = os.path.dirname(ini)
-        logging.config.fileConfig(
-            ini,
-            defaults={"here": here, "__file__": ini},
-            disable_existing_loggers=False,
-        )
-    else:
-        logging.basicConfig(level=logging.INFO)
-
-
-def _build_balancer(
-    ini: str | None, backends: list[str], override: bool
-) -> tuple[Any, str]:
+def _build_balancer(ini: str | None, backends: list[str], override: bool) -> tuple[Any, str]:
     """The balancer WSGI app and a few words on where its config came from."""
     if ini is None:
         from zope_lb import LoadBalancer
 
-        plain = [b.split()[0] for b in backends]
-        return LoadBalancer(plain, strategy="round_robin"), (
+        return LoadBalancer(backends, strategy="round_robin"), (
             "no ini found, so built in code with strategy round_robin"
         )
 
@@ -348,9 +342,7 @@ def _build_balancer(
     # Keep every other option of the ini; only the backend list changes.
     context = loadcontext(APP, uri)
     if context.object_type is not APP or "backends" not in context.local_conf:
-        raise DemoError(
-            f"{ini}: --ports/--host need an [app:main] section with 'backends'"
-        )
+        raise DemoError(f"{ini}: --ports/--host need an [app:main] section with 'backends'")
     context.local_conf["backends"] = "\n".join(backends)
     return context.create(), f"{os.path.basename(ini)}, backends from --ports"
 
@@ -363,14 +355,16 @@ def _print_banner(url: str, source: str, db: str, clients: Sequence[_Client]) ->
     ]
     for c in clients:
         lines.append(f"  {c.name}: port {c.port}, pid {c.process.pid}")
+    first = clients[0]
     lines += [
-        f"  balancer ({source}): {url}",
+        f"  balancer: {url}",
+        f"    ({source})",
         "",
-        f"Open {url} and reload a few times: each reload names the client",
-        "that served it. Edit the text through one client and every client",
-        "shows it, as Zope clients sharing one ZODB do.",
-        f"Stop one client (kill {clients[0].process.pid}) and reload: the "
-        "balancer skips it.",
+        f"Open {url} and reload a few times: each page names the",
+        "client that served it. Edit the text through any client and every",
+        "client shows it, as Zope clients sharing one ZODB do.",
+        f"Stop one client (kill {first.process.pid} stops {first.name}) and reload:",
+        "the balancer notices and keeps serving from the others.",
         "Press Ctrl-C to stop everything.",
         "",
     ]
