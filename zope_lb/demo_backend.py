@@ -70,9 +70,7 @@ def init_db(db_path: str) -> None:
         # is stored in the file, so setting it again is a cheap no-op.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO page (id, text) VALUES (1, ?)", (DEFAULT_TEXT,)
-        )
+        conn.execute("INSERT OR IGNORE INTO page (id, text) VALUES (1, ?)", (DEFAULT_TEXT,))
     finally:
         conn.close()
 
@@ -142,9 +140,7 @@ def _render(
         f"<td>{esc(str(p or ''))}</td><td>{count:d}</td></tr>"
         for client, p, count in hits
     )
-    edited = (
-        f"Last edited through {esc(edited_by)}." if edited_by else "Not edited yet."
-    )
+    edited = f"Last edited through {esc(edited_by)}." if edited_by else "Not edited yet."
     return _PAGE % {
         "css": _CSS % {"hue": _hue(name)},
         "name": esc(name),
@@ -184,9 +180,7 @@ def make_demo_backend(
         elif request.method == "POST":
             response = _edit(request)
         else:
-            response = Response(
-                "Method not allowed\n", status=405, content_type="text/plain"
-            )
+            response = Response("Method not allowed\n", status=405, content_type="text/plain")
             response.allow = ("GET", "HEAD", "POST")
         # Every reload must reach the balancer, never the browser cache.
         response.cache_control = "no-store"
@@ -210,22 +204,16 @@ def make_demo_backend(
             text, edited_by = conn.execute(
                 "SELECT text, edited_by FROM page WHERE id = 1"
             ).fetchone()
-            hits = conn.execute(
-                "SELECT client, port, count FROM hits ORDER BY client"
-            ).fetchall()
+            hits = conn.execute("SELECT client, port, count FROM hits ORDER BY client").fetchall()
         finally:
             conn.close()
-        body = _render(
-            name, shown_port, request.script_name + "/", text, edited_by, hits
-        )
+        body = _render(name, shown_port, request.script_name + "/", text, edited_by, hits)
         return Response(body, content_type="text/html", charset="utf-8")
 
     def _edit(request: Request) -> Response:
         text = request.POST.get("text")
         if not isinstance(text, str):
-            return Response(
-                "Missing form field 'text'\n", status=400, content_type="text/plain"
-            )
+            return Response("Missing form field 'text'\n", status=400, content_type="text/plain")
         text = text.replace("\r\n", "\n")[:MAX_TEXT]
         conn = _connect(db_path)
         try:
@@ -274,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = make_demo_backend(args.name, args.db, port=args.port)
     try:
-        server = create_server(
-            app, host=args.host, port=args.port, threads=4, ident="zope_lb-demo"
-        )
+        server = create_server(app, host=args.host, port=args.port, threads=4, ident="zope_lb-demo")
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(
