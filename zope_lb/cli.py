@@ -1,4 +1,4 @@
-"""``zope-lb``: serve an ini, or run the demo.
+"""``zope-lb``: serve an ini, run the demo, check a balancer, verify a cluster.
 
 ``main(argv) -> int`` so it can be called from tests; configuration errors
 print one line naming the key and the rule, never a traceback.
@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_module.add_arguments(p)
     p.set_defaults(func=demo)
+
+    from . import check as check_module
+
+    p = commands.add_parser(
+        "check", help="Nagios/Icinga check of a running balancer's health endpoint"
+    )
+    check_module.add_arguments(p)
+    p.set_defaults(func=check_module.run)
+
+    from . import verify as verify_module
+
+    p = commands.add_parser("verify", help="check that Zope clients can be load balanced")
+    verify_module.add_arguments(p)
+    p.set_defaults(func=verify_module.run)
     return parser
 
 

@@ -1,0 +1,265 @@
+"""A real ZEO server and real Zope clients, for the ``zope`` tests.
+
+Theory of operation: everything lives in one temp folder.  The Zope
+clients listen on 127.0.0.1 port 0, so their ports are never guessed: each
+one's port is read from its log ("Serving on http://127.0.0.1:N").  runzeo
+logs the port it was asked for, not the one it got, so it is given a free
+port picked just before, and another if that one was taken meanwhile.
+Instances are made with ``mkwsgiinstance`` and their ``zope.conf`` (a
+``<zeoclient>``) and ``zope.ini`` (the listen address) rewritten.
+
+The first client to open a new ZEO storage creates the root objects; two
+clients doing that at once get a ConflictError and one dies.  So the first
+shared client is started and waited for alone, then the rest together.
+
+Every wait is bounded, and every process is stopped by its PID (SIGTERM,
+a bounded wait, SIGKILL) in ``ZopeCluster.stop``, which the fixture calls
+even when start-up failed.  On Linux the children also get SIGKILL if the
+test process dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 60.0  # seconds for a server to answer
+STOP_TIMEOUT = 10.0  # seconds a server gets after SIGTERM
+USER, PASSWORD = "admin", "secret"
+
+
+def zope_installed() -> bool:
+    """True when Zope's and ZEO's scripts are in this venv (the ``zope`` extra)."""
+    return all((BIN / name).exists() for name in ("mkwsgiinstance", "runwsgi", "runzeo"))
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Server:
+    """One running process with its log file; ``port`` once it has announced it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM by PID, a bounded wait, then SIGKILL."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT)
+
+
+def _spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Server:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+    return Server(name, process, log)
+
+
+def _wait_for_port(server: Server, pattern: str, deadline: float) -> None:
+    """Read the port the server announced in its log."""
+    while True:
+        match = re.search(pattern, server.log.read_text(errors="replace"))
+        if match:
+            server.port = int(match[1])
+            return
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not start in time:\n{server.log_tail()}")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_connect(server: Server, deadline: float) -> None:
+    """Until the port accepts a TCP connection."""
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            return
+        except OSError:
+            pass
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not listen in time:\n{server.log_tail()}")
+        time.sleep(0.05)
+
+
+def _wait_for_http(server: Server, deadline: float) -> None:
+    """Until GET / answers (Zope opens its database before it serves)."""
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            try:
+                conn.request("GET", "/")
+                if conn.getresponse().status < 500:
+                    return
+            finally:
+                conn.close()
+        except OSError:
+            pass
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not answer in time:\n{server.log_tail()}")
+        time.sleep(0.1)
+
+
+ZEO_CLIENT = """<zodb_db main>
+  mount-point /
+  <zeoclient>
+    server 127.0.0.1:{port}
+    storage 1
+  </zeoclient>
+</zodb_db>"""
+
+
+@dataclass
+class ZopeCluster:
+    """A ZEO server, Zope clients sharing it, and clients with their own storage."""
+
+    base: Path
+    zeo: Server | None = None
+    clients: list[Server] = field(default_factory=list)  # shared, through ZEO
+    loners: list[Server] = field(default_factory=list)  # each with its own Data.fs
+
+    @property
+    def addresses(self) -> list[str]:
+        return [c.address for c in self.clients]
+
+    def start(self, shared: int = 2, own_storage: int = 1) -> ZopeCluster:
+        """Start ZEO, ``shared`` clients on it and ``own_storage`` loners."""
+        deadline = time.monotonic() + START_TIMEOUT
+        self.zeo = self._start_zeo(deadline)
+        loners = [self._client(f"own{i}", shared=False) for i in range(own_storage)]
+        first = self._client("client0", shared=True)
+        self._announced(first, deadline)  # alone: it creates the root objects
+        rest = [self._client(f"client{i}", shared=True) for i in range(1, shared)]
+        for server in [*loners, *rest]:
+            self._announced(server, deadline)
+        return self
+
+    def _start_zeo(self, deadline: float) -> Server:
+        """runzeo logs the port it was given, not the one it got: so give it a
+        free one, and try another if something took it in between."""
+        for attempt in range(3):
+            port = _free_port()
+            zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+                                 "-f", str(self.base / "Data.fs")],
+                         self.base / f"zeo{attempt}.log", self.base)
+            self.zeo = zeo  # stop() finds it whatever happens next
+            try:
+                _wait_for_port(zeo, rf"listening on \('127\.0\.0\.1', ({port})\)", deadline)
+                _wait_for_connect(zeo, deadline)
+                return zeo
+            except RuntimeError:
+                zeo.stop()
+                if time.monotonic() > deadline or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _client(self, name: str, shared: bool) -> Server:
+        home = self.base / name
+        subprocess.run(
+            [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
+            check=True, capture_output=True, timeout=60,
+        )
+        if shared:
+            assert self.zeo is not None
+            conf = home / "etc" / "zope.conf"
+            text = conf.read_text()
+            text, count = re.subn(r"<zodb_db main>.*?</zodb_db>",
+                                  ZEO_CLIENT.format(port=self.zeo.port), text,
+                                  count=1, flags=re.S)
+            assert count == 1, "mkwsgiinstance's zope.conf has no <zodb_db main>"
+            conf.write_text(text)
+        ini = home / "etc" / "zope.ini"
+        text, count = re.subn(r"(?m)^host = .*\nport = .*$", "listen = 127.0.0.1:0",
+                              ini.read_text())
+        assert count == 1, "mkwsgiinstance's zope.ini has no host/port lines"
+        ini.write_text(text)
+        server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
+                        home)
+        (self.clients if shared else self.loners).append(server)  # stop() finds it
+        return server
+
+    def _announced(self, server: Server, deadline: float) -> None:
+        _wait_for_port(server, r"Serving on http://127\.0\.0\.1:(\d+)", deadline)
+        _wait_for_http(server, deadline)
+
+    def stop(self) -> None:
+        """Clients first, then ZEO; each by PID, each wait bounded."""
+        for server in [*self.clients, *self.loners]:
+            server.stop()
+        if self.zeo is not None:
+            self.zeo.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(base: Path, shared: int = 2, own_storage: int = 1):
+    """A started :class:`ZopeCluster`, stopped on exit whatever happened."""
+    cluster = ZopeCluster(base)
+    try:
+        yield cluster.start(shared, own_storage)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def zope_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """Two Zope clients on one ZEO server and one on its own FileStorage,
+    built once per test run."""
+    if not zope_installed():
+        pytest.skip("Zope and ZEO are not installed: pip install -e '.[zope]'")
+    with running_cluster(tmp_path_factory.mktemp("zope")) as cluster:
+        yield cluster
