@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 import urllib3
+from servers import ServerThread, wait_until
 from webtest import TestApp
 
-from servers import ServerThread, wait_until
 from zope_lb import LoadBalancer
 
 
