@@ -52,14 +52,17 @@ class ServerThread:
         done = threading.Event()
 
         def close_all() -> None:
+            # Runs in the server's own loop thread, so no file descriptor is
+            # closed under a poll() that still watches it. Closing the trigger
+            # last empties the map, which ends the loop.
             for channel in list(server._map.values()):
                 if channel is not server.trigger:
                     channel.close()
+            server.trigger.close()
             done.set()
 
         server.trigger.pull_trigger(close_all)
-        done.wait(5)
-        server.trigger.close()
+        assert done.wait(5), "backend loop did not run the close"
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
         assert self.thread is not None
         self.thread.join(5)

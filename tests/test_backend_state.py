@@ -170,7 +170,7 @@ def test_failure_takes_backend_down_only_at_fall_in_a_row(
     assert backend.failures == fall
     assert backend.consecutive_failures == fall
     plural = "s" if fall > 1 else ""
-    reason = f"{fall} connect failure{plural} in a row: refused"
+    reason = f"{fall} failed request{plural} in a row: refused"
     assert rec.changes == [(backend, State.UP, State.DOWN, reason)]
     assert backend.reason == reason
 
@@ -221,7 +221,7 @@ def test_one_failure_after_cooldown_sends_it_straight_back_down(rec: Recorder) -
         (State.DOWN, State.UP),
         (State.UP, State.DOWN),
     ]
-    assert rec.changes[-1][3] == "4 connect failures in a row: refused again"
+    assert rec.changes[-1][3] == "4 failed requests in a row: refused again"
 
 
 def test_success_after_cooldown_needs_fall_failures_again(rec: Recorder) -> None:

@@ -53,6 +53,12 @@ def gates():
         server.stop()
 
 
+def quiet_lb(*args, **options) -> LoadBalancer:
+    """A balancer without active health probes: these tests count requests."""
+    options.setdefault("health_interval", 0)
+    return LoadBalancer(*args, **options)
+
+
 def serve(lb: LoadBalancer, threads: int = 64) -> ServerThread:
     return ServerThread(lb, threads=threads).start()
 
@@ -68,7 +74,7 @@ def get(port: int, path: str, timeout: float = 20) -> tuple[int, str, dict]:
 
 
 def test_maxconn_is_never_exceeded_under_50_concurrent_clients(gates):
-    lb = LoadBalancer([s.address for s in gates], maxconn=3, **{"queue.timeout": 20})
+    lb = quiet_lb([s.address for s in gates], maxconn=3, **{"queue.timeout": 20})
     front = serve(lb)
     results: list[int] = []
     lock = threading.Lock()
@@ -97,7 +103,7 @@ def test_maxconn_is_never_exceeded_under_50_concurrent_clients(gates):
 
 def test_queue_is_first_in_first_out(gates):
     server = gates[0]
-    lb = LoadBalancer([server.address], maxconn=1, **{"queue.timeout": 20})
+    lb = quiet_lb([server.address], maxconn=1, **{"queue.timeout": 20})
     front = serve(lb, threads=8)
     threads = []
     try:
@@ -116,7 +122,7 @@ def test_queue_is_first_in_first_out(gates):
 
 
 def test_queue_timeout_gives_503_with_retry_after(gates):
-    lb = LoadBalancer([gates[0].address], maxconn=1, **{"queue.timeout": "300ms"})
+    lb = quiet_lb([gates[0].address], maxconn=1, **{"queue.timeout": "300ms"})
     front = serve(lb, threads=8)
     holder = threading.Thread(target=get, args=(front.port, "/hold"))
     try:
@@ -133,7 +139,7 @@ def test_queue_timeout_gives_503_with_retry_after(gates):
 
 
 def test_closing_a_streamed_response_frees_its_slot(backend):
-    lb = LoadBalancer([backend.address], maxconn=1, **{"queue.timeout": "2s"})
+    lb = quiet_lb([backend.address], maxconn=1, **{"queue.timeout": "2s"})
     front = serve(lb, threads=8)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
@@ -155,7 +161,7 @@ def test_closing_a_streamed_response_frees_its_slot(backend):
 
 def sticky_lb(backends, **options) -> LoadBalancer:
     lines = [f"{b.address} id=client{i}" for i, b in enumerate(backends)]
-    return LoadBalancer(lines, affinity="cookie", **options)
+    return quiet_lb(lines, affinity="cookie", **options)
 
 
 def test_affinity_cookie_sticks_and_names_no_address(backends):
@@ -219,7 +225,7 @@ def test_affinity_when_sticks_only_logged_in_requests(backends):
 
 
 def test_named_pools_route_by_rules(backends):
-    lb = LoadBalancer(
+    lb = quiet_lb(
         [backends[0].address],
         **{
             "pool.zmi.backends": backends[1].address,
@@ -242,7 +248,7 @@ def test_named_pools_route_by_rules(backends):
 
 
 def test_least_connections_avoids_the_busy_backend(backends):
-    lb = LoadBalancer([b.address for b in backends[:2]], strategy="least_connections")
+    lb = quiet_lb([b.address for b in backends[:2]], strategy="least_connections")
     front = serve(lb, threads=8)
     try:
         slow = threading.Thread(target=get, args=(front.port, "/slow?s=1.5"))
@@ -259,7 +265,7 @@ def test_least_connections_avoids_the_busy_backend(backends):
 
 
 def test_uri_hash_sends_a_path_to_one_backend(backends):
-    app = TestApp(LoadBalancer([b.address for b in backends], strategy="uri_hash"))
+    app = TestApp(quiet_lb([b.address for b in backends], strategy="uri_hash"))
     for path in ("/Plone/news", "/Plone/events", "/Plone/about"):
         served = {app.get(path).headers["X-Backend"] for _ in range(5)}
         assert len(served) == 1
@@ -268,7 +274,7 @@ def test_uri_hash_sends_a_path_to_one_backend(backends):
 def test_weights_and_backups_end_to_end(backends):
     lines = [f"{backends[0].address} weight=3", backends[1].address,
              f"{backends[2].address} backup"]
-    lb = LoadBalancer(lines, **{"passive.fall": 1})
+    lb = quiet_lb(lines, **{"passive.fall": 1})
     app = TestApp(lb)
     seen = Counter(app.get("/echo").headers["X-Backend"] for _ in range(8))
     assert seen == {"b0": 6, "b1": 2}
@@ -278,6 +284,6 @@ def test_weights_and_backups_end_to_end(backends):
 
 
 def test_first_fills_the_first_backend(backends):
-    app = TestApp(LoadBalancer([b.address for b in backends], strategy="first"))
+    app = TestApp(quiet_lb([b.address for b in backends], strategy="first"))
     assert {app.get("/echo").headers["X-Backend"] for _ in range(5)} == {"b0"}
 

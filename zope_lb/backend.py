@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,7 @@ UNLIMITED_POOL_SIZE = 32
 
 
 class Backend:
-    """A live backend. Counters are updated under its lock; reads are lock-free."""
+    """A live backend. Failure counts change under its lock; reads are lock-free."""
 
     def __init__(
         self,
@@ -72,29 +73,46 @@ class Backend:
         timeout_read: float,
         fall: int,
         cooldown: float,
+        rise: int = 2,
+        probe_fall: int = 3,
+        slowstart: float = 0.0,
+        auto_recover: bool = True,
+        clock: Callable[[], float] = time.monotonic,
         on_change: StateListener | None = None,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
     ):
         self.spec = spec
         self.id = spec.id
         self.address = spec.address
-        self.weight = spec.weight
+        self.base_weight = spec.weight
         self.backup = spec.backup
         self.maxconn = maxconn
         self.fall = fall
         self.cooldown = cooldown
+        self.rise = rise
+        self.probe_fall = probe_fall
+        self.slowstart = slowstart
+        # Without active health checks, a backend that went down is offered
+        # requests again after the cool-down; with them, only passing probes
+        # bring it back.
+        self.auto_recover = auto_recover
+        self._clock = clock
         self.timeout = Timeout(connect=timeout_connect, read=timeout_read)
         self._pool_factory = pool_factory
         self.pool = self._new_pool(maxconn or UNLIMITED_POOL_SIZE)
         self.state = State.UP
         self.reason = ""
         self.down_until = 0.0
+        self.ramp_until = 0.0  # slow start: the weight is ramping until then
         # Slot counts, changed only under the owning pool's lock (pool.py).
         self.active = 0
         self.requests = 0
         self.token = ""  # the affinity cookie value, set by the pool
         self.failures = 0
         self.consecutive_failures = 0
+        self.probe_passes = 0
+        self.probe_failures = 0
+        self.last_probe: tuple[float, bool, str] | None = None  # (when, passed, detail)
         self._on_change = on_change
         self._lock = threading.Lock()
 
@@ -112,12 +130,25 @@ class Backend:
     def __repr__(self) -> str:
         return f"<Backend {self.id} {self.address} {self.state.value}>"
 
+    @property
+    def weight(self) -> float:
+        """The weight strategies see: during slow start it ramps from 5 % of the
+        configured weight to all of it, so a cold Zope client is not flooded."""
+        ramp_until = self.ramp_until
+        if not ramp_until:
+            return self.base_weight
+        remaining = ramp_until - self._clock()
+        if remaining <= 0:
+            self.ramp_until = 0.0
+            return self.base_weight
+        return self.base_weight * max(0.05, 1.0 - remaining / self.slowstart)
+
     def available(self, now: float) -> bool:
         """Whether the backend may take a new request at ``now``."""
         state = self.state
         if state is State.UP:
             return True
-        if state is State.DOWN and now >= self.down_until:
+        if state is State.DOWN and self.auto_recover and now >= self.down_until:
             self._change("recover", f"tried again after {self.cooldown:g} s cool-down")
             return self.state is State.UP
         return False
@@ -127,7 +158,7 @@ class Backend:
             self.consecutive_failures = 0
 
     def record_failure(self, reason: str, now: float) -> None:
-        """Count a connect failure; past ``fall`` in a row the backend goes down."""
+        """Count a failed request (passive check); ``fall`` in a row: down at once."""
         with self._lock:
             self.failures += 1
             self.consecutive_failures += 1
@@ -136,7 +167,29 @@ class Backend:
                 self.down_until = now + self.cooldown
         if tripped:
             count = self.consecutive_failures
-            self._change("fail", f"{count} connect failure{'s' * (count > 1)} in a row: {reason}")
+            self._change("fail", f"{count} failed request{'s' * (count > 1)} in a row: {reason}")
+
+    def record_probe(self, passed: bool, detail: str, now: float) -> None:
+        """Count an active probe; ``rise`` passes bring a down backend back up (with
+        slow start), ``probe_fall`` failures take an up one down."""
+        with self._lock:
+            self.last_probe = (now, passed, detail)
+            if passed:
+                self.probe_passes += 1
+                self.probe_failures = 0
+                change = self.state is State.DOWN and self.probe_passes >= self.rise
+            else:
+                self.probe_failures += 1
+                self.probe_passes = 0
+                change = self.state is State.UP and self.probe_failures >= self.probe_fall
+            count = self.probe_passes if passed else self.probe_failures
+        if not change:
+            return
+        if passed:
+            self.consecutive_failures = 0
+            self._change("recover", f"{count} probe{'s' * (count > 1)} passed")
+        else:
+            self._change("fail", f"{count} probe{'s' * (count > 1)} failed: {detail}")
 
     # -- administrative changes --
 
@@ -159,5 +212,7 @@ class Backend:
                 return
             self.state = new
             self.reason = reason
+            if new is State.UP and old is State.DOWN and self.slowstart:
+                self.ramp_until = self._clock() + self.slowstart
         if self._on_change is not None:
             self._on_change(self, old, new, reason)

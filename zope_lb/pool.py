@@ -71,8 +71,10 @@ class BackendPool:
         name: str = "default",
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        listener: Callable[[BackendPool, Backend, State, State, str], None] | None = None,
     ):
         self.name = name
+        self.listener = listener
         self.clock = clock
         self._pool_factory = pool_factory
         self._lock = threading.RLock()  # RLock: a state change may call back in
@@ -91,6 +93,11 @@ class BackendPool:
             timeout_read=settings.timeout_read,
             fall=settings.passive_fall,
             cooldown=settings.passive_cooldown,
+            rise=settings.health_rise,
+            probe_fall=settings.health_fall,
+            slowstart=settings.slowstart,
+            auto_recover=not settings.health_interval,
+            clock=self.clock,
             on_change=self._state_changed,
             pool_factory=self._pool_factory,
         )
@@ -259,3 +266,5 @@ class BackendPool:
         if self._waiters:
             with self._lock:
                 self._hand_over()
+        if self.listener is not None:
+            self.listener(self, backend, old, new, reason)

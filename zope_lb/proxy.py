@@ -153,17 +153,23 @@ def request_body(environ: dict[str, Any]) -> tuple[RequestBody | None, bool]:
 class ResponseBody:
     """The backend's body, streamed; ``close()`` frees the connection and the slot."""
 
-    __slots__ = ("_response", "_pool", "_backend", "_on_close", "_closed")
+    __slots__ = ("_response", "_pool", "_backend", "_first", "_on_close", "_closed")
 
-    def __init__(self, response: Any, pool: BackendPool, backend: Backend,
+    def __init__(self, response: Any, pool: BackendPool, backend: Backend, first: bytes = b"",
                  on_close: Callable[[], None] | None = None):
         self._response = response
         self._pool = pool
         self._backend = backend
+        self._first = first
         self._on_close = on_close
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        first = self._first
+        if not first:
+            return
+        self._first = b""
+        yield first
         read1 = self._response.read1
         backend = self._backend
         try:
@@ -194,6 +200,14 @@ class ResponseBody:
             self._pool.release(self._backend)
             if self._on_close is not None:
                 self._on_close()
+
+
+def _may_retry(error: UpstreamError, method: str, body: RequestBody | None) -> bool:
+    """DESIGN.md's retry rule: nothing sent, any method; sent, only an idempotent
+    method whose body (if any) can still be sent again."""
+    if body is not None and body.started:
+        return False
+    return not error.sent or method in IDEMPOTENT
 
 
 def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendAvailable:
@@ -269,45 +283,49 @@ class Proxy:
             try:
                 backend = pool.acquire(route.strategy, environ, avoid, prefer)
             except NoBackendAvailable as exc:
-                if last_failure is not None:
-                    raise _unreachable(avoid, last_failure) from exc
-                log.warning("%s %s: %s", method, target, exc.reason)
-                raise
-            try:
-                response, on_close = self._send(backend, method, target, headers, body, chunked)
-            except BackendConnectError as exc:
-                pool.release(backend)
-                backend.record_failure(exc.reason, pool.clock())
-                log.warning("%s %s: %s", method, target, exc)
-                if body is not None and body.started:
+                if last_failure is None:
+                    log.warning("%s %s: %s", method, target, exc.reason)
                     raise
-                avoid.append(backend)
-                last_failure = exc
-                if len(avoid) > settings.retries:
-                    raise _unreachable(avoid, last_failure) from exc
-                continue
+                if last_failure.sent:  # no other backend to retry on: the real error
+                    raise last_failure from exc
+                raise _unreachable(avoid, last_failure) from exc
+            try:
+                response, first, on_close = self._send(backend, method, target, headers,
+                                                       body, chunked)
             except ClientBodyError as exc:
                 pool.release(backend)
                 log.info("%s %s: %s", method, target, exc)
                 raise
             except UpstreamError as exc:
                 pool.release(backend)
-                log.warning("%s %s: %s", method, target, exc)
-                raise
+                backend.record_failure(exc.reason, pool.clock())
+                if not _may_retry(exc, method, body) or len(avoid) >= settings.retries:
+                    log.warning("%s %s: %s", method, target, exc)
+                    if not exc.sent and avoid:
+                        raise _unreachable([*avoid, backend], exc) from exc
+                    raise
+                log.warning("%s %s: %s; trying another backend", method, target, exc)
+                avoid.append(backend)
+                last_failure = exc
+                continue
             except BaseException:
                 pool.release(backend)
                 raise
             break
-        backend.record_success()
+        if response.status in settings.passive_status:
+            backend.record_failure(f"answered {response.status}", pool.clock())
+        else:
+            backend.record_success()
         response_list = response_headers(response.headers.iteritems())
         if sticky and token != backend.token:
             response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
+        answer = ResponseBody(response, pool, backend, first, on_close)
         try:
             start_response(f"{response.status} {response.reason}", response_list)
         except BaseException:
-            ResponseBody(response, pool, backend, on_close).close()
+            answer.close()
             raise
-        return ResponseBody(response, pool, backend, on_close)
+        return answer
 
     def _affinity_cookie(self, environ: dict[str, Any], backend: Backend) -> str:
         cookie = (f"{self.settings.affinity_cookie}={backend.token}; Path=/; HttpOnly; "
@@ -318,18 +336,21 @@ class Proxy:
 
     def _send(self, backend: Backend, method: str, target: str,
               headers: dict[str, str], body: RequestBody | None,
-              chunked: bool) -> tuple[Any, Callable[[], None] | None]:
+              chunked: bool) -> tuple[Any, bytes, Callable[[], None] | None]:
+        """Send the request; return the response, its first body chunk, and what
+        to call when it is closed."""
         try:
-            return self._urlopen(backend.pool, backend, method, target, headers,
-                                 body, chunked), None
+            response = self._urlopen(backend.pool, backend, method, target, headers,
+                                     body, chunked)
+            return response, self._first_chunk(response, backend), None
         except BackendDisconnected as exc:
             if method not in IDEMPOTENT or (body is not None and body.started):
                 raise
             log.info("%s %s: %s; retrying once on a fresh connection", method, target, exc)
         fresh = backend.fresh_pool()
         try:
-            return self._urlopen(fresh, backend, method, target, headers,
-                                 body, chunked), fresh.close
+            response = self._urlopen(fresh, backend, method, target, headers, body, chunked)
+            return response, self._first_chunk(response, backend), fresh.close
         except BaseException:
             fresh.close()
             raise
@@ -343,3 +364,17 @@ class Proxy:
                 preload_content=False, decode_content=False,
             )
 
+    def _first_chunk(self, response: Any, backend: Backend) -> bytes:
+        """Read the first piece of the body before answering the client.
+
+        Until then the client has seen nothing (the server sends the headers
+        with the first chunk), so a backend that dies between its headers and
+        its body is a failure that can still be retried, not a broken answer.
+        """
+        try:
+            with translate_errors(backend, self.settings.timeout_read):
+                return response.read1(CHUNK_SIZE, decode_content=False)
+        except BaseException:
+            response.close()
+            response.release_conn()
+            raise

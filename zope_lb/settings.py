@@ -163,6 +163,67 @@ def as_rules(value: object) -> tuple[Any, ...]:
     return parse_rules(str(value))
 
 
+def as_method(value: object) -> str:
+    text = str(value).strip().upper()
+    if text not in ("GET", "HEAD"):
+        raise ValueError("must be GET or HEAD (GET is the safe probe for Zope)")
+    return text
+
+
+def as_path(value: object) -> str:
+    text = str(value).strip()
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise ValueError("must be a path starting with '/', without spaces")
+    return text
+
+
+def as_optional_host(value: object) -> str:
+    text = str(value).strip()
+    if text and (any(c.isspace() for c in text) or "/" in text):
+        raise ValueError("must be a host name, optionally with :port")
+    return text
+
+
+def as_statuses(value: object) -> frozenset[int]:
+    """Status codes and ranges: ``200-399``, ``200 301 302``, ``502,503,504``; may be empty."""
+    codes: set[int] = set()
+    for part in str(value).replace(",", " ").split():
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a status code or range such as 200-399") from None
+        if not 100 <= first <= last <= 599:
+            raise ValueError(f"{part!r}: status codes run from 100 to 599, low to high")
+        codes.update(range(first, last + 1))
+    return frozenset(codes)
+
+
+def as_expect(value: object) -> frozenset[int]:
+    codes = as_statuses(value)
+    if not codes:
+        raise ValueError("give at least one status or range, e.g. 200-399")
+    return codes
+
+
+def as_duration_or_zero(value: object) -> float:
+    """A duration, or 0 for "off"."""
+    if str(value).strip() in ("0", "0s", "off", "0.0"):
+        return 0.0
+    return as_duration(value)
+
+
+def as_optional_url(value: object) -> str:
+    text = str(value).strip()
+    if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+def as_text(value: object) -> str:
+    return str(value).strip()
+
+
 # -- backend lines --------------------------------------------------------------
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -413,11 +474,50 @@ OPTIONS: tuple[Option, ...] = (
            "Stick only requests that carry this cookie (`__ac`: Plone's login "
            "cookie, so anonymous traffic keeps balancing freely); empty: every "
            "request.", "(every request)"),
+    Option("health.path", as_path, "/",
+           "Path the active health probe requests (Plone: `/@@ok` is cheaper)."),
+    # On Zope a first HEAD of an object writes to the ZODB: GET is the safe probe.
+    Option("health.method", as_method, "GET",
+           "`GET` or `HEAD`. Keep `GET` for Zope: a first `HEAD` of an object writes "
+           "to the ZODB."),
+    Option("health.host", as_optional_host, "",
+           "`Host` header the probe sends (default: the backend's own address).",
+           "(backend address)"),
+    Option("health.interval", as_duration_or_zero, 5.0,
+           "Seconds between probes of a backend (jittered by 10 %); `0` turns active "
+           "checks off.", "5"),
+    Option("health.timeout", as_duration, 2.0,
+           "Seconds a probe may take; a Zope client that lost its ZEO server may hang "
+           "rather than fail, so a timeout is a failed probe.", "2"),
+    Option("health.expect", as_expect, frozenset(range(200, 400)),
+           "Statuses (and ranges) a passing probe answers with.", "200-399"),
+    Option("health.rise", as_positive, 2,
+           "Probes in a row that must pass before a down backend is up again."),
+    Option("health.fall", as_positive, 3,
+           "Probes in a row that must fail before an up backend is down."),
+    Option("health.endpoint", as_path, "/__zope_lb__/health",
+           "Where the balancer answers its own health as JSON (200 while a backend "
+           "is up, 503 when none is), for the monitor that watches it."),
+    Option("slowstart", as_duration_or_zero, 0.0,
+           "Seconds over which a recovered backend's weight ramps up to full, so a "
+           "cold Zope client (empty object cache) is not flooded; `0`: off.", "0 (off)"),
     Option("passive.fall", as_positive, 3,
-           "Consecutive connect failures after which a backend is skipped for "
-           "`passive.cooldown`."),
+           "Failed requests in a row (connect errors, timeouts, broken connections, "
+           "`passive.status` answers) after which a backend is marked down at once."),
+    Option("passive.status", as_statuses, frozenset({502, 503, 504}),
+           "Backend answers that count as failed requests (empty: none).", "502 503 504"),
     Option("passive.cooldown", as_duration, 10.0,
-           "Seconds a failing backend is skipped before it gets requests again.", "10"),
+           "Without active checks (`health.interval = 0`): seconds a failing backend "
+           "is skipped before it gets requests again.", "10"),
+    Option("notify.webhook", as_optional_url, "",
+           "URL that gets each backend state change as a JSON POST (short timeout, "
+           "bounded retries, never on the request path).", "(none)"),
+    Option("notify.command", as_text, "",
+           "Command run on each state change, with the event in `ZOPE_LB_*` "
+           "environment variables (no shell; 10 s timeout).", "(none)"),
+    Option("notify.min_healthy", as_count, 1,
+           "Send a `cluster.degraded` event when healthy primaries fall to this "
+           "number or below, `cluster.recovered` when they rise above again."),
 )
 
 _BY_NAME: dict[str, Option] = {}
@@ -467,8 +567,22 @@ class Settings:
     affinity: str = "none"
     affinity_cookie: str = "zlb_backend"
     affinity_when: str = ""
+    health_path: str = "/"
+    health_method: str = "GET"
+    health_host: str = ""
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    health_expect: frozenset[int] = frozenset(range(200, 400))
+    health_rise: int = 2
+    health_fall: int = 3
+    health_endpoint: str = "/__zope_lb__/health"
+    slowstart: float = 0.0
     passive_fall: int = 3
+    passive_status: frozenset[int] = frozenset({502, 503, 504})
     passive_cooldown: float = 10.0
+    notify_webhook: str = ""
+    notify_command: str = ""
+    notify_min_healthy: int = 1
     pools: tuple[PoolSpec, ...] = ()
 
     def maxconn_of(self, spec: BackendSpec) -> int:
@@ -513,6 +627,11 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
         for name, fields in pool_values.items()
     )
     settings = Settings(**chosen)
+    if settings.health_method == "HEAD":
+        log.warning(
+            "health.method = HEAD: on Zope a first HEAD of an object writes to the "
+            "ZODB; GET %s is the safe probe", settings.health_path,
+        )
     primaries = [b for b in settings.backends if not b.backup]
     if len(primaries) < 2:
         log.warning(

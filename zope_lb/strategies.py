@@ -37,9 +37,11 @@ class Candidate(Protocol):
     """What a strategy may read of a backend."""
 
     id: str
-    weight: int
     active: int
     maxconn: int  # 0: unlimited
+
+    @property
+    def weight(self) -> float: ...  # below the configured one during slow start
 
 
 C = TypeVar("C", bound=Candidate)
@@ -224,7 +226,8 @@ class _Hashing:
 
     def _walk(self, candidates: Sequence[Any], key: str) -> Iterator[Any]:
         by_id = {b.id: b for b in candidates if b.weight > 0}
-        members = tuple((b.id, b.weight) for b in candidates if b.weight > 0)
+        # ring points per backend: whole units of weight (slow start: at least one)
+        members = tuple((b.id, max(1, round(b.weight))) for b in candidates if b.weight > 0)
         for member in ring_for(members).walk(key):
             yield by_id[member]
 

@@ -1,0 +1,172 @@
+"""Active health checks: one checker thread per balancer probes every backend.
+
+Theory of operation
+-------------------
+The checker thread wakes when the next probe is due, probes every backend
+that is due at once (concurrently, on a small bounded executor, so one hung
+Zope client does not delay the others), feeds each result to the backend
+(``Backend.record_probe``: ``health.rise`` passes in a row bring a down
+backend back, ``health.fall`` failures take an up one down), and schedules
+the backend's next probe ``health.interval`` later, jittered by 10 % so that
+several balancers do not probe in step. The first probe of each backend is
+spread over the first interval for the same reason.
+
+Probes use their own one-connection pool per backend, never the request
+pool, so a probe neither waits for nor takes one of the backend's slots. A
+probe that does not answer within ``health.timeout`` fails: a Zope client
+whose ZEO server is gone may hang rather than fail.
+
+``close()`` stops the thread and the executor within a bounded time; the
+balancer calls it from ``LoadBalancer.close()`` and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from urllib3 import HTTPConnectionPool, Timeout
+
+from .backend import Backend, State
+from .errors import BackendTimeout, UpstreamError
+from .proxy import translate_errors
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "zope_lb-health"
+#: Bytes of a probe's body that are read; the rest is dropped with the connection.
+PROBE_BODY_LIMIT = 64 * 1024
+MAX_PROBE_WORKERS = 8
+
+
+def probe_verdict(status: int, expect: frozenset[int]) -> tuple[bool, str]:
+    """Whether a probe's answer passes, and the reason when it does not (pure)."""
+    if status in expect:
+        return True, f"status {status}"
+    return False, f"status {status}"
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        backends: Callable[[], Iterable[Backend]],
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        rng: random.Random | None = None,
+    ):
+        self._backends = backends
+        self.settings = settings
+        self._clock = clock
+        self._pool_factory = pool_factory
+        self._rng = rng or random.Random()
+        self._due: dict[Backend, float] = {}
+        self._probe_pools: dict[Backend, Any] = {}
+        self._stop = threading.Event()
+        self._executor = ThreadPoolExecutor(
+            max_workers=MAX_PROBE_WORKERS, thread_name_prefix="zope_lb-probe"
+        )
+        self._thread = threading.Thread(target=self._run, name="zope_lb-health", daemon=True)
+
+    def start(self) -> HealthChecker:
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop probing; bounded by ``timeout`` plus one probe's timeout."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self._probe_pools.values():
+            pool.close()
+        self._probe_pools.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.settings.health_interval
+        while not self._stop.is_set():
+            now = self._clock()
+            backends = [b for b in self._backends()
+                        if b.state in (State.UP, State.DOWN)]
+            self._forget_removed(backends)
+            due = []
+            for backend in backends:
+                when = self._due.get(backend)
+                if when is None:  # new: spread first probes over one interval
+                    self._due[backend] = now + self._rng.uniform(0, interval)
+                elif when <= now:
+                    due.append(backend)
+            if due:
+                futures = [self._executor.submit(self.probe, b) for b in due]
+                for backend, future in zip(due, futures, strict=True):
+                    try:
+                        passed, detail = future.result()
+                    except Exception as exc:  # a bug, not a backend failure: keep probing
+                        log.exception("health probe of %s crashed", backend.address)
+                        passed, detail = False, f"probe crashed: {exc}"
+                    if self._stop.is_set():
+                        return
+                    backend.record_probe(passed, detail, self._clock())
+                    self._due[backend] = self._clock() + interval * self._rng.uniform(0.9, 1.1)
+            next_due = min(self._due.values(), default=self._clock() + interval)
+            self._stop.wait(min(interval, max(0.01, next_due - self._clock())))
+
+    def _forget_removed(self, backends: list[Backend]) -> None:
+        live = set(backends)
+        for backend in [b for b in self._due if b not in live]:
+            del self._due[backend]
+            pool = self._probe_pools.pop(backend, None)
+            if pool is not None:
+                pool.close()
+
+    # -- one probe (I/O) ------------------------------------------------------------
+
+    def probe(self, backend: Backend) -> tuple[bool, str]:
+        """Probe ``backend`` once: (passed, detail)."""
+        settings = self.settings
+        pool = self._probe_pools.get(backend)
+        if pool is None:
+            timeout = Timeout(connect=settings.health_timeout, read=settings.health_timeout)
+            pool = self._pool_factory(
+                backend.spec.host, backend.spec.port, maxsize=1, block=False,
+                timeout=timeout, retries=False,
+            )
+            self._probe_pools[backend] = pool
+        headers = {"User-Agent": USER_AGENT}
+        if settings.health_host:
+            headers["Host"] = settings.health_host
+        started = time.monotonic()
+        try:
+            with translate_errors(backend, settings.health_timeout):
+                response = pool.urlopen(
+                    settings.health_method, settings.health_path, headers=headers,
+                    retries=False, redirect=False, preload_content=False,
+                    decode_content=False,
+                )
+                try:
+                    response.read(PROBE_BODY_LIMIT, decode_content=False)
+                finally:
+                    if response.isclosed():
+                        response.release_conn()
+                    else:
+                        response.close()
+                        response.release_conn()
+        except BackendTimeout:
+            return False, f"timeout after {settings.health_timeout:g} s"
+        except UpstreamError as exc:
+            return False, exc.reason
+        passed, detail = probe_verdict(response.status, settings.health_expect)
+        return passed, f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
