@@ -11,10 +11,10 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from urllib3 import HTTPConnectionPool
@@ -33,8 +33,8 @@ from .notify import (
 )
 from .pages import error_page, upstream_error_page
 from .pool import BackendPool
-from .proxy import ClientBodyError, Proxy, Route
-from .settings import Settings, parse_backends, parse_settings
+from .proxy import ClientBodyError, Proxy, RequestObserver, Route
+from .settings import BackendSpec, Settings, format_options, parse_settings
 from .strategies import make_strategy
 
 log = logging.getLogger(__name__)
@@ -82,40 +82,157 @@ class LoadBalancer:
                clock: Callable[[], float], pool_factory: Callable[..., Any]) -> None:
         self.settings = settings
         self.app = app
+        self._clock = clock
+        self._pool_factory = pool_factory
         self._wall_clock = time.time
+        self._apply_lock = threading.Lock()
+        self.observer: RequestObserver | None = None
+        self.on_apply: list[Callable[[Settings], None]] = []
         self.dispatcher = _dispatcher(settings)
-        self.pool = BackendPool(settings, clock=clock, pool_factory=pool_factory,
-                                listener=self._backend_changed)
+        self.pool = self._new_pool(settings, settings.backends, "default")
         self.strategy = make_strategy(settings.strategy, settings)
         named = tuple(
-            Route(
-                spec.name,
-                BackendPool(settings, spec.backends, name=spec.name, clock=clock,
-                            pool_factory=pool_factory, listener=self._backend_changed),
-                make_strategy(spec.strategy, settings),
-                spec.match,
-            )
+            Route(spec.name, self._new_pool(settings, spec.backends, spec.name),
+                  make_strategy(spec.strategy, settings), spec.match)
             for spec in settings.pools
         )
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         self.cluster = ClusterWatch(settings.notify_min_healthy)
         self.cluster.update(*self._primary_counts(), utc_now_iso())
-        self._health_endpoint = settings.health_endpoint
         self.checker: HealthChecker | None = None
-        if settings.health_interval:
-            self.checker = HealthChecker(
-                lambda: [b for pool in self.pools for b in pool.backends], settings,
-                clock=clock, pool_factory=pool_factory,
-            ).start()
         self._closed = False
+        self._use(settings)
         _open_balancers.add(self)
-        prefix = self.settings.prefix.rstrip("/")
-        self._prefix = prefix
-        self._prefix_slash = prefix + "/"
         log.info(
             "balancing over %s with %s",
             ", ".join(b.address for b in self.pool.backends), self.settings.strategy,
         )
+
+    def _new_pool(self, settings: Settings, specs: tuple[BackendSpec, ...],
+                  name: str) -> BackendPool:
+        return BackendPool(settings, specs, name=name, clock=self._clock,
+                           pool_factory=self._pool_factory, listener=self._backend_changed)
+
+    def _use(self, settings: Settings) -> None:
+        """Point the parts that read settings on every request at ``settings``."""
+        self.settings = settings
+        self._health_endpoint = settings.health_endpoint
+        prefix = settings.prefix.rstrip("/")
+        self._prefix = prefix
+        self._prefix_slash = prefix + "/"
+        if settings.health_interval and self.checker is None:
+            self.checker = HealthChecker(
+                lambda: [b for pool in self.pools for b in pool.backends], settings,
+                clock=self._clock, pool_factory=self._pool_factory,
+            ).start()
+        elif self.checker is not None:
+            if settings.health_interval:
+                self.checker.settings = settings
+            else:
+                self.checker.close()
+                self.checker = None
+
+    # -- changes at run time --------------------------------------------------------------
+
+    def current_options(self) -> dict[str, str]:
+        """The running configuration as ini text (forms, the state file)."""
+        return format_options(self.settings)
+
+    def apply(self, changes: Mapping[str, object], replace: bool = False) -> Settings:
+        """Change options at run time, validated whole first, then applied at once.
+
+        ``changes`` maps option names (as in the ini) to new values; the rest
+        stay as they are, or, with ``replace``, go back to their defaults (a
+        reloaded ini, a state file). A ConfigError (naming key, value, rule and
+        line) leaves everything running unchanged. Unchanged backends keep
+        their connections and state; new ones take requests at once; removed
+        ones drain. Returns the new settings.
+        """
+        with self._apply_lock:
+            values: dict[str, object] = (
+                dict(changes) if replace else {**self.current_options(), **changes})
+            settings = parse_settings(values)
+            self._switch(settings)
+        for callback in self.on_apply:
+            callback(settings)
+        return settings
+
+    def _switch(self, settings: Settings) -> None:
+        old = self.settings
+        self.pool.reconfigure(settings)
+        routes = {route.name: route for route in self.proxy.routes}
+        named = []
+        for spec in settings.pools:
+            route = routes.pop(spec.name, None)
+            if route is None:
+                pool = self._new_pool(settings, spec.backends, spec.name)
+            else:
+                pool = route.pool
+                pool.reconfigure(settings, spec.backends)
+            named.append(Route(spec.name, pool, make_strategy(spec.strategy, settings),
+                               spec.match))
+        for gone in routes.values():
+            gone.pool.reconfigure(settings, ())  # drains, then closes, every backend
+        for pool in (self.pool, *(route.pool for route in named)):
+            for backend in pool.backends:
+                backend.configure(settings)
+        self.strategy = make_strategy(settings.strategy, settings)
+        self.proxy = Proxy(Route("default", self.pool, self.strategy), settings,
+                           tuple(named), self.observer)
+        if (settings.notify_webhook, settings.notify_command) != (
+                old.notify_webhook, old.notify_command):
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            self.dispatcher = _dispatcher(settings)
+        self.cluster.min_healthy = settings.notify_min_healthy
+        self._use(settings)
+        log.info("configuration applied: %d backends, strategy %s",
+                 len(settings.backends), settings.strategy)
+
+    def set_observer(self, observer: RequestObserver | None) -> None:
+        """Install the metrics observer (called on every proxied attempt)."""
+        self.observer = observer
+        self.proxy.observer = observer
+
+    def find_backends(self, backend_id: str) -> list[tuple[BackendPool, Backend]]:
+        """Every (pool, backend) with this id: the same client may be in several pools."""
+        return [(pool, b) for pool in self.pools for b in pool.backends if b.id == backend_id]
+
+    def backend_action(self, backend_id: str, action: str) -> list[Backend]:
+        """``enable``, ``disable`` or ``drain`` a backend by id (in every pool).
+        Raises KeyError for an unknown id and ValueError for an unknown action."""
+        if action not in ("enable", "disable", "drain"):
+            raise ValueError(f"unknown action {action!r}: use enable, disable or drain")
+        found = self.find_backends(backend_id)
+        if not found:
+            raise KeyError(backend_id)
+        for _, backend in found:
+            if action == "drain":
+                backend.drain("drained by an administrator")
+            else:
+                getattr(backend, action)()
+        return [backend for _, backend in found]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """One row per backend for the status page and the API."""
+        now = self._clock()
+        rows = []
+        for pool in self.pools:
+            for b in pool.backends:
+                probe = None
+                if b.last_probe is not None:
+                    at, passed, detail = b.last_probe
+                    probe = {"seconds_ago": round(now - at, 1), "passed": passed,
+                             "detail": detail}
+                rows.append({
+                    "id": b.id, "address": b.address, "pool": pool.name,
+                    "role": "backup" if b.backup else "primary",
+                    "state": b.state.value, "reason": b.reason,
+                    "weight": round(b.weight, 2), "base_weight": b.base_weight,
+                    "maxconn": b.maxconn, "active": b.active, "queued": pool.queued,
+                    "requests": b.requests, **b.stats.snapshot(), "last_probe": probe,
+                })
+        return rows
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self._health_endpoint:
@@ -148,9 +265,7 @@ class LoadBalancer:
         """Replace the backend list at once: validated whole first, then applied;
         new backends take requests, removed ones drain. ConfigError leaves the
         running list unchanged."""
-        settings = replace(self.settings, backends=parse_backends(backends))
-        self.pool.reconfigure(settings)
-        self.settings = settings
+        self.apply({"backends": backends if isinstance(backends, str) else list(backends)})
 
     @property
     def pools(self) -> tuple[BackendPool, ...]:

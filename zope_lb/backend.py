@@ -24,7 +24,8 @@ from typing import Any
 
 from urllib3 import HTTPConnectionPool, Timeout
 
-from .settings import BackendSpec
+from .settings import BackendSpec, Settings
+from .stats import BackendStats
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Backend:
         self.probe_passes = 0
         self.probe_failures = 0
         self.last_probe: tuple[float, bool, str] | None = None  # (when, passed, detail)
+        self.stats = BackendStats(clock)
         self._on_change = on_change
         self._lock = threading.Lock()
 
@@ -193,9 +195,28 @@ class Backend:
 
     # -- administrative changes --
 
-    def drain(self) -> None:
+    def configure(self, settings: Settings) -> None:
+        """Take new timeouts and health rules without losing connections or state."""
+        self.fall = settings.passive_fall
+        self.cooldown = settings.passive_cooldown
+        self.rise = settings.health_rise
+        self.probe_fall = settings.health_fall
+        self.slowstart = settings.slowstart
+        self.auto_recover = not settings.health_interval
+        self.timeout = Timeout(connect=settings.timeout_connect, read=settings.timeout_read)
+        self.pool.timeout = self.timeout
+
+    def disable(self, reason: str = "disabled by an administrator") -> None:
+        self._change("disable", reason)
+
+    def enable(self, reason: str = "enabled by an administrator") -> None:
+        if getattr(self.pool, "pool", True) is None:  # closed by a drain: reconnect
+            self.pool = self._new_pool(self.maxconn or UNLIMITED_POOL_SIZE)
+        self._change("enable", reason)
+
+    def drain(self, reason: str = "removed from the configuration") -> None:
         """Take no new requests; close the pool once the last one finished."""
-        self._change("drain", "removed from the configuration")
+        self._change("drain", reason)
         with self._lock:
             idle = self.active == 0
         if idle:

@@ -96,8 +96,8 @@ class HealthChecker:
     # -- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        interval = self.settings.health_interval
         while not self._stop.is_set():
+            interval = self.settings.health_interval  # may change at run time
             now = self._clock()
             backends = [b for b in self._backends()
                         if b.state in (State.UP, State.DOWN)]

@@ -31,7 +31,7 @@ import http.client
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -218,6 +218,19 @@ def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendA
     return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.reason})")
 
 
+class RequestObserver(Protocol):
+    """Sees every attempt, for metrics; called on the request path, so cheap."""
+
+    def request(self, pool: str, backend: str, status: int, seconds: float) -> None:
+        """An attempt ended: the backend's status, or 502/504 for our errors."""
+
+    def retry(self, pool: str, backend: str) -> None:
+        """A failed attempt is being tried again on another backend."""
+
+    def unavailable(self, pool: str, reason: str) -> None:
+        """No backend could take a request (all down, queue full or timed out)."""
+
+
 class Route:
     """A pool, its strategy, and the rules that send a request to it."""
 
@@ -239,10 +252,12 @@ class Proxy:
         default: Route,
         settings: Settings,
         routes: tuple[Route, ...] = (),
+        observer: RequestObserver | None = None,
     ):
         self.default = default
         self.routes = routes
         self.settings = settings
+        self.observer = observer
 
     def route(self, environ: dict[str, Any]) -> Route:
         """The first named pool whose rules all match, else the default pool."""
@@ -277,18 +292,22 @@ class Proxy:
                 token = cookie_value(cookies, settings.affinity_cookie)
                 prefer = pool.by_token(token)  # a forged or stale value finds nothing
 
+        observer = self.observer
         avoid: list[Backend] = []
         last_failure: UpstreamError | None = None
         while True:
             try:
                 backend = pool.acquire(route.strategy, environ, avoid, prefer)
             except NoBackendAvailable as exc:
+                if observer is not None:
+                    observer.unavailable(route.name, exc.reason)
                 if last_failure is None:
                     log.warning("%s %s: %s", method, target, exc.reason)
                     raise
                 if last_failure.sent:  # no other backend to retry on: the real error
                     raise last_failure from exc
                 raise _unreachable(avoid, last_failure) from exc
+            started = pool.clock()
             try:
                 response, first, on_close = self._send(backend, method, target, headers,
                                                        body, chunked)
@@ -298,13 +317,19 @@ class Proxy:
                 raise
             except UpstreamError as exc:
                 pool.release(backend)
-                backend.record_failure(exc.reason, pool.clock())
+                now = pool.clock()
+                backend.record_failure(exc.reason, now)
+                backend.stats.record(False, now - started)
+                if observer is not None:
+                    observer.request(route.name, backend.id, exc.status, now - started)
                 if not _may_retry(exc, method, body) or len(avoid) >= settings.retries:
                     log.warning("%s %s: %s", method, target, exc)
                     if not exc.sent and avoid:
                         raise _unreachable([*avoid, backend], exc) from exc
                     raise
                 log.warning("%s %s: %s; trying another backend", method, target, exc)
+                if observer is not None:
+                    observer.retry(route.name, backend.id)
                 avoid.append(backend)
                 last_failure = exc
                 continue
@@ -312,10 +337,15 @@ class Proxy:
                 pool.release(backend)
                 raise
             break
-        if response.status in settings.passive_status:
-            backend.record_failure(f"answered {response.status}", pool.clock())
+        now = pool.clock()
+        failed = response.status in settings.passive_status
+        if failed:
+            backend.record_failure(f"answered {response.status}", now)
         else:
             backend.record_success()
+        backend.stats.record(not failed and response.status < 500, now - started)
+        if observer is not None:
+            observer.request(route.name, backend.id, response.status, now - started)
         response_list = response_headers(response.headers.iteritems())
         if sticky and token != backend.token:
             response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))

@@ -32,6 +32,7 @@ class Rule:
     name: str  # path pattern, header name (environ key), cookie name
     values: tuple[str, ...] = ()  # methods, or a header value glob
     glob: bool = False
+    text: str = ""  # as written, so a running configuration can be written back
 
     def matches(self, environ: Mapping[str, Any]) -> bool:
         if self.kind == "path":
@@ -78,13 +79,13 @@ def parse_rule(text: str) -> Rule:
     if kind == "path":
         if not argument.startswith(("/", "*")):
             raise ValueError(f"{text!r}: a path rule starts with '/' (or '*' for a glob)")
-        return Rule("path", argument, glob=bool(_GLOB.search(argument)))
+        return Rule("path", argument, glob=bool(_GLOB.search(argument)), text=text)
     if kind == "method":
         methods = tuple(m.strip() for m in argument.split(",") if m.strip())
         bad = [m for m in methods if not _METHOD.fullmatch(m)]
         if bad or not methods:
             raise ValueError(f"{text!r}: methods are upper-case names, e.g. method:PUT,DELETE")
-        return Rule("method", "", methods)
+        return Rule("method", "", methods, text=text)
     if kind == "header":
         name, eq, value = argument.partition("=")
         if not _HEADER.fullmatch(name):
@@ -92,10 +93,10 @@ def parse_rule(text: str) -> Rule:
         key = "HTTP_" + name.upper().replace("-", "_")
         if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
             key = key[5:]
-        return Rule("header", key, (value,) if eq else ())
+        return Rule("header", key, (value,) if eq else (), text=text)
     if not _HEADER.fullmatch(argument):
         raise ValueError(f"{text!r}: {argument!r} is not a cookie name")
-    return Rule("cookie", argument)
+    return Rule("cookie", argument, text=text)
 
 
 def parse_rules(text: str) -> tuple[Rule, ...]:

@@ -673,3 +673,47 @@ def options_table() -> str:
         rows.append(f"| `pool.NAME.{field}` | | A named pool: {doc}. |")
     return "\n".join(rows)
 
+
+
+# -- back to text -------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A setting's value as the text an ini (or an admin form) would hold."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, frozenset):
+        return _ranges(sorted(value))
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], BackendSpec):
+            return "\n".join(spec.line for spec in value)
+        if value and hasattr(value[0], "kind"):  # routing rules
+            return " ".join(rule.text for rule in value)
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
+def _ranges(codes: list[int]) -> str:
+    parts: list[str] = []
+    start = previous = None
+    for code in [*codes, None]:
+        if code is not None and previous is not None and code == previous + 1:
+            previous = code
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = code
+    return " ".join(parts)
+
+
+def format_options(settings: Settings) -> dict[str, str]:
+    """Every option of ``settings`` as ini text; ``parse_settings`` of it gives
+    ``settings`` back. The admin pages and the state file use this."""
+    options = {o.name: format_value(getattr(settings, o.attribute)) for o in OPTIONS}
+    for pool in settings.pools:
+        options[f"pool.{pool.name}.backends"] = format_value(pool.backends)
+        options[f"pool.{pool.name}.strategy"] = pool.strategy
+        options[f"pool.{pool.name}.match"] = format_value(pool.match)
+    return options
