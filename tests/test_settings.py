@@ -634,3 +634,10 @@ def test_values_of_the_wrong_type_are_config_errors(values, key):
     with pytest.raises(ConfigError) as info:
         parse_settings(values)
     assert info.value.key == key
+
+
+def test_a_clear_text_admin_password_is_refused_and_never_echoed():
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"backends": "a:80\nb:80", "admin.users": "admin:hunter2"})
+    assert "hunter2" not in str(info.value)
+    assert "zope-lb passwd" in str(info.value)

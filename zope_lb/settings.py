@@ -224,6 +224,34 @@ def as_text(value: object) -> str:
     return str(value).strip()
 
 
+_USER_LINE = re.compile(r"([A-Za-z0-9._@-]{1,64}):(scrypt\$\S+)")
+
+
+def as_users(value: object) -> tuple[tuple[str, str], ...]:
+    """``name:HASH`` lines, HASH made by ``zope-lb passwd NAME``; never a password."""
+    lines = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    users: list[tuple[str, str]] = []
+    for number, line in enumerate(lines, start=1):
+        text = str(line).strip()
+        if not text:
+            continue
+        match = _USER_LINE.fullmatch(text)
+        if not match:
+            shown = text.split(":", 1)[0] + ":..."  # never echo what may be a password
+            raise ValueError(
+                f"line {number} {shown!r}: write name:HASH with the line "
+                "`zope-lb passwd NAME` prints, never a clear-text password"
+            )
+        if any(name == match.group(1) for name, _ in users):
+            raise ValueError(f"line {number}: user {match.group(1)!r} is given twice")
+        users.append((match.group(1), match.group(2)))
+    return tuple(users)
+
+
+def as_optional_path(value: object) -> str:
+    return str(value).strip()
+
+
 # -- backend lines --------------------------------------------------------------
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -412,6 +440,7 @@ class Option:
     default: Any
     doc: str
     default_text: str = ""  # how the README shows the default, when not str(default)
+    secret: bool = False  # never echo the value in an error
 
     @property
     def attribute(self) -> str:
@@ -515,6 +544,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify.command", as_text, "",
            "Command run on each state change, with the event in `ZOPE_LB_*` "
            "environment variables (no shell; 10 s timeout).", "(none)"),
+    Option("admin.path", as_path, "/__zope_lb__",
+           "Where the admin pages, the JSON API and the metrics are mounted "
+           "(the health endpoint stays public)."),
+    Option("admin.users", as_users, (),
+           "Admin accounts, one `name:HASH` line each, made by `zope-lb passwd NAME`. "
+           "Without any, the admin pages are off.", "(none: admin off)", secret=True),
+    Option("admin.allow", as_networks,
+           (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+           "Addresses (IPs or CIDRs) the admin pages answer; others get 403.",
+           "127.0.0.0/8 ::1"),
+    Option("metrics.public", as_bool, False,
+           "Serve `/metrics` under `admin.path` without credentials (still only to "
+           "`admin.allow`), for a Prometheus scraper on a trusted network.", "false"),
+    Option("state_file", as_optional_path, "",
+           "Where admin changes are kept (atomic JSON), shared by every process "
+           "serving the same ini and read again at start; `zope-lb serve` and "
+           "pserve default it to `zope_lb-state.json` beside the ini.", "(beside the ini)"),
     Option("notify.min_healthy", as_count, 1,
            "Send a `cluster.degraded` event when healthy primaries fall to this "
            "number or below, `cluster.recovered` when they rise above again."),
@@ -583,6 +629,12 @@ class Settings:
     notify_webhook: str = ""
     notify_command: str = ""
     notify_min_healthy: int = 1
+    admin_path: str = "/__zope_lb__"
+    admin_users: tuple[tuple[str, str], ...] = ()
+    admin_allow: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                        ipaddress.ip_network("::1/128"))
+    metrics_public: bool = False
+    state_file: str = ""
     pools: tuple[PoolSpec, ...] = ()
 
     def maxconn_of(self, spec: BackendSpec) -> int:
@@ -618,7 +670,8 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
         try:
             chosen[option.attribute] = option.convert(value)
         except ValueError as exc:
-            raise ConfigError(option.name, value, str(exc)) from None
+            shown = "(not shown)" if option.secret else value
+            raise ConfigError(option.name, shown, str(exc)) from None
     for option in OPTIONS:
         if option.default is REQUIRED and option.attribute not in chosen:
             raise ConfigError(option.name, None, "is required")
@@ -691,6 +744,8 @@ def format_value(value: Any) -> str:
             return "\n".join(spec.line for spec in value)
         if value and hasattr(value[0], "kind"):  # routing rules
             return " ".join(rule.text for rule in value)
+        if value and isinstance(value[0], tuple):  # admin users
+            return "\n".join(f"{name}:{secret}" for name, secret in value)
         return " ".join(str(item) for item in value)
     return str(value)
 
