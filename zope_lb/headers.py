@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -175,3 +176,92 @@ def _raw_path(raw: str | None, path: str) -> str | None:
             return raw_path
         return quote(raw_path.encode("latin-1"), safe=_PATH_SAFE + "%")
     return None
+
+
+# -- Zope's VirtualHostMonster ------------------------------------------------------
+#
+# Zope ignores X-Forwarded-Host and -Proto: it builds every URL from the Host
+# header or from a VirtualHostMonster path, /VirtualHostBase/SCHEME/HOST:PORT
+# /SITE/VirtualHostRoot/_vh_PREFIX/PATH. These functions build that path.
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+_DEFAULT_PORT = {"http": "80", "https": "443"}
+
+
+def split_host(host: str, scheme: str) -> tuple[str, str]:
+    """``www.example.com:8080`` -> (``www.example.com``, ``8080``); the scheme's
+    default port when none is given; IPv6 stays in brackets."""
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        name += "]"
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, port or _DEFAULT_PORT.get(scheme, "80")
+
+
+def public_origin(environ: Mapping[str, Any], trusted: Sequence[Network] = (),
+                  base: str = "auto") -> tuple[str, str, str]:
+    """(scheme, host, port) the client used, or those of a fixed ``base`` URL.
+
+    With ``auto`` they come from the request, and from X-Forwarded-Proto, -Host
+    and -Port only when the peer is a trusted proxy. A Host header that is not
+    a plain host name falls back to the server's name.
+    """
+    if base and base != "auto":
+        scheme, _, rest = base.partition("://")
+        host, port = split_host(rest, scheme)
+        return scheme, host, port
+    from_proxy = bool(trusted) and is_trusted(environ.get("REMOTE_ADDR", ""), trusted)
+    scheme = request_scheme(environ, trusted)
+    if scheme not in _DEFAULT_PORT:
+        scheme = "http"
+    host_header = (from_proxy and environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[0].strip()
+                   ) or environ.get("HTTP_HOST") or _server_host(environ)
+    host, port = split_host(host_header, scheme)
+    if from_proxy and environ.get("HTTP_X_FORWARDED_PORT"):
+        port = environ["HTTP_X_FORWARDED_PORT"].split(",")[0].strip()
+    if not _HOST.fullmatch(host):
+        host = environ.get("SERVER_NAME", "localhost")
+    if not port.isdigit():
+        port = _DEFAULT_PORT[scheme]
+    return scheme, host, port
+
+
+def vhm_target(target: str, origin: tuple[str, str, str], root: str = "",
+               prefix: str = "") -> str:
+    """Rewrite an origin-form target (``/foo?q``) into VirtualHostMonster form.
+
+    ``root`` is the site's path in Zope (``/Plone``); ``prefix`` the public
+    sub-path the site lives under (``/site``): stripped from a path under it
+    and added back as ``_vh_site`` so Zope's URLs keep it (a path outside it
+    is passed whole, without ``_vh_``). The path and query pass
+    through untouched, percent-encoding and all.
+    """
+    path, sep, query = target.partition("?")
+    vh = ""
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        path = path[len(prefix):] or "/"
+        vh = "".join(f"/_vh_{segment}" for segment in prefix.split("/") if segment)
+    scheme, host, port = origin
+    rewritten = f"/VirtualHostBase/{scheme}/{host}:{port}{root}/VirtualHostRoot{vh}{path}"
+    return f"{rewritten}?{query}" if sep else rewritten
+
+
+LOCATION_HEADERS = frozenset({"location", "content-location", "refresh"})
+
+
+def rewrite_locations(items: list[tuple[str, str]], backend_address: str,
+                      origin: tuple[str, str, str]) -> list[tuple[str, str]]:
+    """Location, Content-Location and Refresh naming the backend's own host:port
+    point at the public URL instead (what Apache calls ProxyPassReverse)."""
+    scheme, host, port = origin
+    public = f"{scheme}://{host}" if port == _DEFAULT_PORT[scheme] else f"{scheme}://{host}:{port}"
+    own = (f"http://{backend_address}", f"https://{backend_address}")
+    out = []
+    for name, value in items:
+        if backend_address in value and name.lower() in LOCATION_HEADERS:
+            for prefix in own:
+                value = value.replace(prefix, public)
+        out.append((name, value))
+    return out

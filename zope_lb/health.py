@@ -30,12 +30,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import urllib3
 from urllib3 import HTTPConnectionPool, Timeout
 
 from .backend import Backend, State
 from .errors import BackendTimeout, UpstreamError
 from .proxy import translate_errors
 from .settings import Settings
+from .verify import parse_database_location
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ USER_AGENT = "zope_lb-health"
 #: Bytes of a probe's body that are read; the rest is dropped with the connection.
 PROBE_BODY_LIMIT = 64 * 1024
 MAX_PROBE_WORKERS = 8
+#: Where a Zope client shows its storage and whether ZEO is connected (Manager only).
+ZEO_PAGE = "/Control_Panel/Database/main/manage_main"
 
 
 def probe_verdict(status: int, expect: frozenset[int]) -> tuple[bool, str]:
@@ -69,6 +73,7 @@ class HealthChecker:
         self._rng = rng or random.Random()
         self._due: dict[Backend, float] = {}
         self._probe_pools: dict[Backend, Any] = {}
+        self._auth_warned: set[Backend] = set()
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(
             max_workers=MAX_PROBE_WORKERS, thread_name_prefix="zope_lb-probe"
@@ -169,4 +174,33 @@ class HealthChecker:
         except UpstreamError as exc:
             return False, exc.reason
         passed, detail = probe_verdict(response.status, settings.health_expect)
-        return passed, f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
+        detail = f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
+        if passed and settings.health_zeo:
+            return self.zeo_check(backend, pool, detail)
+        return passed, detail
+
+    def zeo_check(self, backend: Backend, pool: Any, detail: str) -> tuple[bool, str]:
+        """A Zope client that lost its ZEO server still answers ``GET /`` at once
+        while every uncached read hangs: its Control Panel says ``(disconnected)``."""
+        settings = self.settings
+        headers = {"User-Agent": USER_AGENT,
+                   **urllib3.util.make_headers(basic_auth=settings.health_auth)}
+        try:
+            with translate_errors(backend, settings.health_timeout):
+                response = pool.urlopen("GET", ZEO_PAGE, headers=headers, retries=False,
+                                        redirect=False, preload_content=True)
+        except BackendTimeout:
+            return False, f"ZEO check: timeout after {settings.health_timeout:g} s"
+        except UpstreamError as exc:
+            return False, f"ZEO check: {exc.reason}"
+        if response.status in (401, 403):
+            if backend not in self._auth_warned:
+                self._auth_warned.add(backend)
+                log.warning("health.zeo: %s (%s) refused health.auth (status %d); "
+                            "the ZEO check is skipped for it", backend.id, backend.address,
+                            response.status)
+            return True, detail
+        found = parse_database_location(response.data.decode("utf-8", "replace"))
+        if found is not None and found[1] is False:
+            return False, "ZEO disconnected"
+        return True, f"{detail}; ZEO connected" if found and found[1] else detail

@@ -51,7 +51,15 @@ from .errors import (
     NoBackendAvailable,
     UpstreamError,
 )
-from .headers import request_headers, request_scheme, response_headers, upstream_target
+from .headers import (
+    public_origin,
+    request_headers,
+    request_scheme,
+    response_headers,
+    rewrite_locations,
+    upstream_target,
+    vhm_target,
+)
 from .pool import BackendPool
 from .routing import Rule, cookie_value, has_cookie, matches_all
 from .settings import Settings
@@ -277,6 +285,9 @@ class Proxy:
         pool = route.pool
         method = environ["REQUEST_METHOD"]
         target = upstream_target(environ)
+        if settings.vhm_root or settings.vhm_base:
+            origin = public_origin(environ, settings.forwarded_trusted, settings.vhm_base or "auto")
+            target = vhm_target(target, origin, settings.vhm_root, settings.vhm_prefix)
         headers = request_headers(environ, settings.forwarded_trusted, settings.preserve_host)
         body, chunked = request_body(environ)
         if body is not None and not chunked:
@@ -347,6 +358,13 @@ class Proxy:
         if observer is not None:
             observer.request(route.name, backend.id, response.status, now - started)
         response_list = response_headers(response.headers.iteritems())
+        address = backend.address
+        for _, value in response_list:
+            if address in value:  # a redirect naming the backend itself: make it public
+                origin = public_origin(environ, settings.forwarded_trusted,
+                                       settings.vhm_base or "auto")
+                response_list = rewrite_locations(response_list, address, origin)
+                break
         if sticky and token != backend.token:
             response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
         answer = ResponseBody(response, pool, backend, first, on_close)

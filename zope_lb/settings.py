@@ -252,6 +252,37 @@ def as_optional_path(value: object) -> str:
     return str(value).strip()
 
 
+def as_vhm_base(value: object) -> str:
+    """``auto``, or a fixed public URL ``scheme://host[:port]`` without a path."""
+    text = str(value).strip()
+    if text in ("", "auto"):
+        return text
+    match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?/?", text)
+    if not match:
+        raise ValueError("must be auto, or a public URL such as https://www.example.com "
+                         "(scheme, host, optional port, no path)")
+    return text.rstrip("/")
+
+
+def as_optional_subpath(value: object) -> str:
+    """A path such as ``/Plone`` or ``/site/sub``, or empty; no trailing slash."""
+    text = str(value).strip()
+    if not text or text == "/":
+        return ""
+    if not text.startswith("/") or any(c.isspace() for c in text) or "?" in text:
+        raise ValueError("must be a path starting with '/', e.g. /Plone")
+    if any(seg in ("", ".", "..") for seg in text.strip("/").split("/")):
+        raise ValueError("must not have empty, '.' or '..' segments")
+    return text.rstrip("/")
+
+
+def as_credentials(value: object) -> str:
+    text = str(value).strip()
+    if text and (":" not in text or not text.split(":", 1)[0]):
+        raise ValueError("must be user:password for a Zope user with the Manager role")
+    return text
+
+
 # -- backend lines --------------------------------------------------------------
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -524,6 +555,12 @@ OPTIONS: tuple[Option, ...] = (
            "Probes in a row that must pass before a down backend is up again."),
     Option("health.fall", as_positive, 3,
            "Probes in a row that must fail before an up backend is down."),
+    Option("health.zeo", as_bool, False,
+           "Also read each client's Control Panel and take it out when its ZEO "
+           "connection is `(disconnected)`: a plain probe cannot see that. Needs "
+           "`health.auth`.", "false"),
+    Option("health.auth", as_credentials, "",
+           "`user:password` of a Zope Manager, for `health.zeo`.", "(none)", secret=True),
     Option("health.endpoint", as_path, "/__zope_lb__/health",
            "Where the balancer answers its own health as JSON (200 while a backend "
            "is up, 503 when none is), for the monitor that watches it."),
@@ -544,6 +581,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify.command", as_text, "",
            "Command run on each state change, with the event in `ZOPE_LB_*` "
            "environment variables (no shell; 10 s timeout).", "(none)"),
+    Option("vhm.root", as_optional_subpath, "",
+           "Path of the site in Zope (e.g. `/Plone`): requests are rewritten to "
+           "Zope's VirtualHostMonster form, so Zope builds public URLs.", "(off)"),
+    Option("vhm.base", as_vhm_base, "",
+           "`auto` (scheme, host and port from the request and trusted "
+           "X-Forwarded-* headers) or a fixed `https://www.example.com`.",
+           "auto when `vhm.root` is set"),
+    Option("vhm.prefix", as_optional_subpath, "",
+           "Public sub-path the site lives under (`/site`): stripped from requests "
+           "and added as `_vh_` segments, so Zope's URLs keep it.", "(none)"),
     Option("admin.path", as_path, "/__zope_lb__",
            "Where the admin pages, the JSON API and the metrics are mounted "
            "(the health endpoint stays public)."),
@@ -621,6 +668,8 @@ class Settings:
     health_expect: frozenset[int] = frozenset(range(200, 400))
     health_rise: int = 2
     health_fall: int = 3
+    health_zeo: bool = False
+    health_auth: str = ""
     health_endpoint: str = "/__zope_lb__/health"
     slowstart: float = 0.0
     passive_fall: int = 3
@@ -629,6 +678,9 @@ class Settings:
     notify_webhook: str = ""
     notify_command: str = ""
     notify_min_healthy: int = 1
+    vhm_root: str = ""
+    vhm_base: str = ""
+    vhm_prefix: str = ""
     admin_path: str = "/__zope_lb__"
     admin_users: tuple[tuple[str, str], ...] = ()
     admin_allow: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
@@ -680,6 +732,9 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
         for name, fields in pool_values.items()
     )
     settings = Settings(**chosen)
+    if settings.health_zeo and not settings.health_auth:
+        raise ConfigError("health.zeo", "true",
+                          "needs health.auth = user:password of a Zope Manager")
     if settings.health_method == "HEAD":
         log.warning(
             "health.method = HEAD: on Zope a first HEAD of an object writes to the "

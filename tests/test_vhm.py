@@ -1,0 +1,106 @@
+"""VirtualHostMonster rewriting and Location rewriting (pure, and through the proxy)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote_to_bytes
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from servers import ScriptedServer
+from webtest import TestApp
+
+from zope_lb import ConfigError, LoadBalancer, parse_settings
+from zope_lb.headers import public_origin, rewrite_locations, vhm_target
+
+ORIGIN = ("https", "www.example.com", "443")
+
+
+@pytest.mark.parametrize("target, root, prefix, expected", [
+    ("/foo", "/Plone", "", "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/foo"),
+    ("/", "/Plone", "", "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/"),
+    ("/foo?a=1&b=%20", "/Plone", "",
+     "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/foo?a=1&b=%20"),
+    ("/site/foo", "/Plone", "/site",
+     "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/_vh_site/foo"),
+    ("/site", "/Plone", "/site",
+     "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/_vh_site/"),
+    ("/a/b/c", "", "/a/b",
+     "/VirtualHostBase/https/www.example.com:443/VirtualHostRoot/_vh_a/_vh_b/c"),
+    ("/sitemap", "/Plone", "/site",  # not under the prefix: kept whole
+     "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/sitemap"),
+])
+def test_vhm_target(target, root, prefix, expected):
+    assert vhm_target(target, ORIGIN, root, prefix) == expected
+
+
+@given(st.binary(max_size=40), st.sampled_from(["", "/Plone", "/a/b"]),
+       st.sampled_from(["", "/site"]))
+def test_any_path_comes_out_once_and_intact(raw, root, prefix):
+    path = "/" + quote(raw, safe="/:@!$&'()*+,;=-._~")
+    out = vhm_target(path, ORIGIN, root, prefix)
+    head = f"/VirtualHostBase/https/www.example.com:443{root}/VirtualHostRoot"
+    assert out.startswith(head)
+    tail = out[len(head):]
+    under = bool(prefix) and (path == prefix or path.startswith(prefix + "/"))
+    vh = "".join(f"/_vh_{s}" for s in prefix.split("/") if s) if under else ""
+    assert tail.startswith(vh)
+    kept = tail[len(vh):]
+    expected = (path[len(prefix):] or "/") if under else path
+    assert kept == expected  # once, unchanged: same escapes, same bytes
+    assert unquote_to_bytes(kept) == unquote_to_bytes(expected)
+    assert out.isascii()
+
+
+def test_public_origin_trusts_forwarded_headers_only_from_trusted_proxies():
+    environ = {"HTTP_HOST": "lb.internal:6543", "wsgi.url_scheme": "http",
+               "REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_PROTO": "https",
+               "HTTP_X_FORWARDED_HOST": "www.example.com", "SERVER_NAME": "lb"}
+    assert public_origin(environ) == ("http", "lb.internal", "6543")
+    trusted = parse_settings({"backends": "a:1\nb:2",
+                              "forwarded.trusted": "10.0.0.0/8"}).forwarded_trusted
+    assert public_origin(environ, trusted) == ("https", "www.example.com", "443")
+    assert public_origin({"HTTP_HOST": "evil/../x", "SERVER_NAME": "lb"}) == ("http", "lb", "80")
+    assert public_origin(environ, (), "https://www.example.org:8443") == (
+        "https", "www.example.org", "8443")
+
+
+def test_rewrite_locations():
+    items = [("Location", "http://10.0.0.1:8080/Plone/login"),
+             ("Refresh", "5; url=http://10.0.0.1:8080/Plone"),
+             ("Content-Location", "http://10.0.0.1:8080/x"),
+             ("Link", "<http://10.0.0.1:8080/x>")]
+    out = dict(rewrite_locations(items, "10.0.0.1:8080", ORIGIN))
+    assert out["Location"] == "https://www.example.com/Plone/login"
+    assert out["Refresh"] == "5; url=https://www.example.com/Plone"
+    assert out["Content-Location"] == "https://www.example.com/x"
+    assert out["Link"] == "<http://10.0.0.1:8080/x>"  # only the three location headers
+
+
+def test_vhm_settings_rules():
+    with pytest.raises(ConfigError, match="vhm.base"):
+        parse_settings({"backends": "a:1\nb:2", "vhm.base": "https://x.org/path"})
+    with pytest.raises(ConfigError, match="vhm.root"):
+        parse_settings({"backends": "a:1\nb:2", "vhm.root": "Plone"})
+    with pytest.raises(ConfigError, match="health.auth"):
+        parse_settings({"backends": "a:1\nb:2", "health.zeo": "true"})
+
+
+def test_through_the_proxy_zope_sees_the_vhm_path_and_redirects_are_public(backends):
+    lb = LoadBalancer([backends[0].address], health_interval=0, **{"vhm.root": "/Plone"})
+    app = TestApp(lb, extra_environ={"wsgi.url_scheme": "https"})
+    got = app.get("/news/item?x=1", headers={"Host": "www.example.com"}).json
+    assert got["uri"] == (
+        "/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot/news/item?x=1")
+
+
+def test_location_naming_the_backend_is_rewritten():
+    backend = ScriptedServer(lambda head, i: (
+        b"HTTP/1.1 302 Found\r\nLocation: http://" + backend.address.encode()
+        + b"/Plone/login_form\r\nContent-Length: 0\r\n\r\n"))
+    try:
+        lb = LoadBalancer([backend.address], health_interval=0, preserve_host=False)
+        res = TestApp(lb).get("/Plone/edit", headers={"Host": "www.example.com"}, status=302)
+        assert res.headers["Location"] == "http://www.example.com/Plone/login_form"
+    finally:
+        backend.stop()
