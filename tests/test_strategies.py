@@ -6,10 +6,10 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakes import Fake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,16 +17,6 @@ from zope_lb import strategies
 from zope_lb.errors import ConfigError
 from zope_lb.settings import parse_settings
 from zope_lb.strategies import RoundRobin, Strategy, known_strategies, make_strategy
-
-
-@dataclass(eq=False)
-class Fake:
-    """A candidate: what a strategy may read of a backend (identity equality)."""
-
-    id: str
-    weight: int = 1
-    active: int = 0
-    maxconn: int = 0
 
 
 def backends(*weights: int) -> list[Fake]:

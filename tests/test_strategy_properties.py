@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
+from fakes import Fake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,14 +19,6 @@ from zope_lb.strategies import (
     SourceIP,
     URIHash,
 )
-
-
-@dataclass(eq=False)
-class Fake:
-    id: str
-    weight: int = 1
-    active: int = 0
-    maxconn: int = 0
 
 
 def full(b: Fake) -> bool:
