@@ -104,3 +104,11 @@ def test_location_naming_the_backend_is_rewritten():
         assert res.headers["Location"] == "http://www.example.com/Plone/login_form"
     finally:
         backend.stop()
+
+
+def test_root_slash_turns_rewriting_on_for_the_zope_root():
+    settings = parse_settings({"backends": "a:1\nb:2", "vhm.root": "/"})
+    assert settings.vhm_root == "/"
+    assert vhm_target("/x", ORIGIN, settings.vhm_root) == (
+        "/VirtualHostBase/https/www.example.com:443/VirtualHostRoot/x")
+    assert parse_settings({"backends": "a:1\nb:2"}).vhm_root == ""  # off by default

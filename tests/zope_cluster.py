@@ -16,10 +16,18 @@ Every wait is bounded, and every process is stopped by its PID (SIGTERM,
 a bounded wait, SIGKILL) in ``ZopeCluster.stop``, which the fixture calls
 even when start-up failed.  On Linux the children also get SIGKILL if the
 test process dies without cleaning up.
+
+For the failure tests, a cluster can be hurt and healed: ``restart`` starts
+a stopped client again on its old port, ``stop_zeo``/``start_zeo`` take the
+ZEO server away and bring it back on the same port with the same Data.fs,
+``frozen`` holds a client in SIGSTOP (it still accepts TCP connections, the
+kernel does that, but never answers) and always sends SIGCONT on the way
+out, and ``heal`` puts everything back as it was, each wait bounded.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import os
@@ -83,6 +91,7 @@ class Server:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signal.SIGCONT)  # a frozen process must run to see SIGTERM
         try:
             self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -243,6 +252,108 @@ class ZopeCluster:
             server.stop()
         if self.zeo is not None:
             self.zeo.stop()
+
+
+    # -- hurting and healing (the failure tests) --------------------------------------
+
+    def restart(self, server: Server) -> None:
+        """Start a stopped shared client again, on the port it had."""
+        server.stop()
+        home = self.base / server.name
+        ini = home / "etc" / "zope.ini"
+        text, count = re.subn(r"(?m)^listen = .*$", f"listen = {server.address}",
+                              ini.read_text())
+        assert count == 1, f"{ini} has no listen line"
+        ini.write_text(text)
+        fresh = _spawn(server.name, [str(BIN / "runwsgi"), str(ini)],
+                       self._next_log(server.name), home)
+        server.process, server.log = fresh.process, fresh.log
+        deadline = time.monotonic() + START_TIMEOUT
+        _wait_for_port(server, rf"Serving on http://127\.0\.0\.1:({server.port})\b", deadline)
+        _wait_for_http(server, deadline)
+
+    def stop_zeo(self) -> None:
+        """Stop the ZEO server (SIGTERM); the clients keep running, disconnected."""
+        assert self.zeo is not None
+        self.zeo.stop()
+
+    def start_zeo(self) -> None:
+        """Start the ZEO server again on its old port, with the same Data.fs."""
+        assert self.zeo is not None
+        port = self.zeo.port
+        self.zeo.stop()
+        zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+                             "-f", str(self.base / "Data.fs")],
+                     self._next_log("zeo"), self.base)
+        self.zeo = zeo  # stop() finds it whatever happens next
+        deadline = time.monotonic() + START_TIMEOUT
+        _wait_for_port(zeo, rf"listening on \('127\.0\.0\.1', ({port})\)", deadline)
+        _wait_for_connect(zeo, deadline)
+
+    def heal(self, timeout: float = START_TIMEOUT) -> None:
+        """Everything running and every shared client connected to ZEO again."""
+        assert self.zeo is not None
+        if self.zeo.process.poll() is not None:
+            self.start_zeo()
+        for server in self.clients:
+            if server.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signal.SIGCONT)
+            else:
+                self.restart(server)
+        deadline = time.monotonic() + timeout
+        for server in self.clients:
+            _wait_for_http(server, deadline)
+            wait_for_zeo(server, deadline)
+
+    def _next_log(self, name: str) -> Path:
+        for n in range(1, 1000):
+            path = self.base / f"{name}.restart{n}.log"
+            if not path.exists():
+                return path
+        raise RuntimeError(f"too many restarts of {name}")
+
+
+ZEO_PAGE = "/Control_Panel/Database/main/manage_main"
+
+
+def zeo_state(server: Server, timeout: float = 5.0) -> str | None:
+    """``connected``, ``disconnected``, or None when the page could not be read."""
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+        try:
+            conn.request("GET", ZEO_PAGE, headers={"Authorization": f"Basic {token}"})
+            page = conn.getresponse().read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+    except OSError:
+        return None
+    match = re.search(r"\((connected|disconnected)\)", page)
+    return match[1] if match else None
+
+
+def wait_for_zeo(server: Server, deadline: float, state: str = "connected") -> None:
+    """Until the client's Control Panel shows its ZEO connection in ``state``."""
+    while zeo_state(server) != state:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} not {state} to ZEO in time:\n"
+                               f"{server.log_tail()}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def frozen(server: Server):
+    """Hold ``server`` in SIGSTOP: the kernel still accepts TCP connections for it,
+    nothing answers them. SIGCONT on the way out, whatever happened."""
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager

@@ -244,6 +244,7 @@ def vhm_target(target: str, origin: tuple[str, str, str], root: str = "",
         path = path[len(prefix):] or "/"
         vh = "".join(f"/_vh_{segment}" for segment in prefix.split("/") if segment)
     scheme, host, port = origin
+    root = root.rstrip("/")  # "/" is the Zope root
     rewritten = f"/VirtualHostBase/{scheme}/{host}:{port}{root}/VirtualHostRoot{vh}{path}"
     return f"{rewritten}?{query}" if sep else rewritten
 

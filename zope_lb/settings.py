@@ -264,6 +264,13 @@ def as_vhm_base(value: object) -> str:
     return text.rstrip("/")
 
 
+def as_vhm_root(value: object) -> str:
+    """The site's path in Zope: ``/Plone``, or ``/`` for the Zope root (which
+    still turns the rewriting on); empty: off."""
+    text = str(value).strip()
+    return "/" if text == "/" else as_optional_subpath(text)
+
+
 def as_optional_subpath(value: object) -> str:
     """A path such as ``/Plone`` or ``/site/sub``, or empty; no trailing slash."""
     text = str(value).strip()
@@ -581,9 +588,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify.command", as_text, "",
            "Command run on each state change, with the event in `ZOPE_LB_*` "
            "environment variables (no shell; 10 s timeout).", "(none)"),
-    Option("vhm.root", as_optional_subpath, "",
-           "Path of the site in Zope (e.g. `/Plone`): requests are rewritten to "
-           "Zope's VirtualHostMonster form, so Zope builds public URLs.", "(off)"),
+    Option("vhm.root", as_vhm_root, "",
+           "Path of the site in Zope (e.g. `/Plone`, or `/` for the Zope root): "
+           "requests are rewritten to Zope's VirtualHostMonster form, so Zope "
+           "builds public URLs.", "(off)"),
     Option("vhm.base", as_vhm_base, "",
            "`auto` (scheme, host and port from the request and trusted "
            "X-Forwarded-* headers) or a fixed `https://www.example.com`.",
