@@ -109,6 +109,7 @@ class Backend:
         self.active = 0
         self.requests = 0
         self.token = ""  # the affinity cookie value, set by the pool
+        self.pool_name = ""  # the pool it belongs to, set by the pool
         self.failures = 0
         self.consecutive_failures = 0
         self.probe_passes = 0

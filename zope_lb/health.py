@@ -65,8 +65,10 @@ class HealthChecker:
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
         rng: random.Random | None = None,
+        on_probe: Callable[[Backend, bool], None] | None = None,
     ):
         self._backends = backends
+        self._on_probe = on_probe
         self.settings = settings
         self._clock = clock
         self._pool_factory = pool_factory
@@ -125,6 +127,8 @@ class HealthChecker:
                     if self._stop.is_set():
                         return
                     backend.record_probe(passed, detail, self._clock())
+                    if self._on_probe is not None:
+                        self._on_probe(backend, passed)
                     self._due[backend] = self._clock() + interval * self._rng.uniform(0.9, 1.1)
             next_due = min(self._due.values(), default=self._clock() + interval)
             self._stop.wait(min(interval, max(0.01, next_due - self._clock())))

@@ -102,6 +102,7 @@ class BackendPool:
             pool_factory=self._pool_factory,
         )
         backend.token = affinity_token(spec.id)
+        backend.pool_name = self.name
         return backend
 
     # -- choosing ---------------------------------------------------------------------

@@ -238,6 +238,9 @@ class RequestObserver(Protocol):
     def unavailable(self, pool: str, reason: str) -> None:
         """No backend could take a request (all down, queue full or timed out)."""
 
+    def probe(self, pool: str, backend: str, passed: bool) -> None:
+        """An active health probe of a backend passed or failed."""
+
 
 class Route:
     """A pool, its strategy, and the rules that send a request to it."""
