@@ -41,6 +41,8 @@ def setup_logging(ini_path: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     from paste.deploy import loadapp, loadserver
 
+    from .state import reload_on_sighup
+
     ini_path = os.path.abspath(args.ini)
     if not os.path.isfile(ini_path):
         print(f"zope-lb: no such file: {args.ini}", file=sys.stderr)
@@ -56,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"zope-lb: {args.ini}: {exc}", file=sys.stderr)
         return 2
+    stop_reloading = reload_on_sighup(app, uri, args.app_name)
     try:
         server(app)
     except OSError as exc:
@@ -64,6 +67,7 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        stop_reloading()
         close = getattr(app, "close", None)
         if close is not None:
             close()
@@ -110,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("verify", help="check that Zope clients can be load balanced")
     verify_module.add_arguments(p)
     p.set_defaults(func=verify_module.run)
+
+    from . import passwd as passwd_module
+
+    p = commands.add_parser("passwd", help="print a name:HASH line for admin.users "
+                                           "(reads the password; piped: its first line)")
+    passwd_module.add_arguments(p)
+    p.set_defaults(func=passwd_module.run)
     return parser
 
 
