@@ -19,9 +19,11 @@ from typing import Any
 
 from urllib3 import HTTPConnectionPool
 
+from .admin import AdminApp, registry
 from .backend import Backend, State
 from .errors import UpstreamError
 from .health import HealthChecker
+from .metrics import Metrics
 from .notify import (
     ClusterWatch,
     CommandNotifier,
@@ -35,6 +37,7 @@ from .pages import error_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import ClientBodyError, Proxy, RequestObserver, Route
 from .settings import BackendSpec, Settings, format_options, parse_settings
+from .state import StateFile
 from .strategies import make_strategy
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,11 @@ class LoadBalancer:
         *,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        name: str = "main",
         **options: Any,
     ):
         settings = parse_settings({"backends": backends, **options})
-        self._setup(settings, app, clock, pool_factory)
+        self._setup(settings, app, clock, pool_factory, name)
 
     @classmethod
     def from_settings(
@@ -71,15 +75,18 @@ class LoadBalancer:
         *,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        name: str = "main",
     ) -> LoadBalancer:
         """A balancer for already validated settings (the PasteDeploy factories
         use this, so no ini key can ever reach a keyword meant for tests)."""
         balancer = cls.__new__(cls)
-        balancer._setup(settings, app, clock, pool_factory)
+        balancer._setup(settings, app, clock, pool_factory, name)
         return balancer
 
     def _setup(self, settings: Settings, app: WSGIApp | None,
-               clock: Callable[[], float], pool_factory: Callable[..., Any]) -> None:
+               clock: Callable[[], float], pool_factory: Callable[..., Any],
+               name: str) -> None:
+        self.name = name  # how egg:zope_lb#admin finds it (admin.registry)
         self.settings = settings
         self.app = app
         self._clock = clock
@@ -102,7 +109,12 @@ class LoadBalancer:
         self.checker: HealthChecker | None = None
         self._closed = False
         self._use(settings)
+        self.state_file: StateFile | None = None  # set by the PasteDeploy factory
+        self.metrics = Metrics(self)
+        self.set_observer(self.metrics.observer)
+        self.admin = AdminApp(self)
         _open_balancers.add(self)
+        registry.register(name, self)
         log.info(
             "balancing over %s with %s",
             ", ".join(b.address for b in self.pool.backends), self.settings.strategy,
@@ -117,13 +129,15 @@ class LoadBalancer:
         """Point the parts that read settings on every request at ``settings``."""
         self.settings = settings
         self._health_endpoint = settings.health_endpoint
+        self._admin_path = settings.admin_path.rstrip("/")
+        self._admin_slash = self._admin_path + "/"
         prefix = settings.prefix.rstrip("/")
         self._prefix = prefix
         self._prefix_slash = prefix + "/"
         if settings.health_interval and self.checker is None:
             self.checker = HealthChecker(
                 lambda: [b for pool in self.pools for b in pool.backends], settings,
-                clock=self._clock, pool_factory=self._pool_factory,
+                clock=self._clock, pool_factory=self._pool_factory, on_probe=self._probed,
             ).start()
         elif self.checker is not None:
             if settings.health_interval:
@@ -189,6 +203,11 @@ class LoadBalancer:
         log.info("configuration applied: %d backends, strategy %s",
                  len(settings.backends), settings.strategy)
 
+    def _probed(self, backend: Backend, passed: bool) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.probe(backend.pool_name, backend.id, passed)
+
     def set_observer(self, observer: RequestObserver | None) -> None:
         """Install the metrics observer (called on every proxied attempt)."""
         self.observer = observer
@@ -211,6 +230,8 @@ class LoadBalancer:
                 backend.drain("drained by an administrator")
             else:
                 getattr(backend, action)()
+        if self.state_file is not None:  # other processes follow within a second
+            self.state_file.save()
         return [backend for _, backend in found]
 
     def stats(self) -> list[dict[str, Any]]:
@@ -235,8 +256,11 @@ class LoadBalancer:
         return rows
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == self._health_endpoint:
+        path = environ.get("PATH_INFO", "")
+        if path == self._health_endpoint:
             return self.health_page(environ, start_response)
+        if path.startswith(self._admin_slash) or path == self._admin_path:
+            return self.admin(environ, start_response)
         if self._prefix and not self._wanted(environ):
             if self.app is not None:
                 return self.app(environ, start_response)
@@ -328,10 +352,14 @@ class LoadBalancer:
             return
         self._closed = True
         _open_balancers.discard(self)
+        registry.unregister(self.name, self)
+        if self.state_file is not None:
+            self.state_file.close()
         if self.checker is not None:
             self.checker.close()
         for pool in self.pools:
             pool.close()
+        self.metrics.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
 
