@@ -614,8 +614,8 @@ OPTIONS: tuple[Option, ...] = (
            "`admin.allow`), for a Prometheus scraper on a trusted network.", "false"),
     Option("state_file", as_optional_path, "",
            "Where admin changes are kept (atomic JSON), shared by every process "
-           "serving the same ini and read again at start; `zope-lb serve` and "
-           "pserve default it to `zope_lb-state.json` beside the ini.", "(beside the ini)"),
+           "serving the same ini and read again at start; relative to the ini.",
+           "`NAME.state.json` beside `NAME.ini`"),
     Option("notify.min_healthy", as_count, 1,
            "Send a `cluster.degraded` event when healthy primaries fall to this "
            "number or below, `cluster.recovered` when they rise above again."),
