@@ -287,3 +287,24 @@ def test_first_fills_the_first_backend(backends):
     app = TestApp(quiet_lb([b.address for b in backends], strategy="first"))
     assert {app.get("/echo").headers["X-Backend"] for _ in range(5)} == {"b0"}
 
+
+
+def test_slot_is_free_once_the_backend_answered_in_full(backend):
+    """A small answer is read whole with its headers: the backend is free before
+    the client has even started to read. A big one holds its slot until close."""
+    from webob import Request
+
+    lb = quiet_lb([backend.address], maxconn=1)
+    statuses = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    small = lb(Request.blank("/echo").environ, start_response)  # not iterated yet
+    assert statuses[-1].startswith("200") and lb.pool.backends[0].active == 0
+    assert b"".join(small).startswith(b"{")
+    small.close()
+    big = lb(Request.blank("/big?n=1000000&chunk=65536").environ, start_response)
+    assert statuses[-1].startswith("200") and lb.pool.backends[0].active == 1
+    big.close()  # the client went away before the end: close() frees it
+    assert lb.pool.backends[0].active == 0

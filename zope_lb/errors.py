@@ -16,7 +16,7 @@ The whole tree::
 Each ``UpstreamError`` knows its HTTP ``status`` and whether the request was
 possibly seen by the backend (``sent``), which is what the retry rules need.
 urllib3's exceptions are turned into these in exactly one place,
-:func:`zope_lb.proxy.translate_errors`.
+:func:`zope_lb.proxy.translated`.
 """
 
 from __future__ import annotations

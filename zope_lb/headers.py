@@ -138,12 +138,19 @@ def _server_host(environ: Mapping[str, Any]) -> str:
 
 def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Response headers minus hop-by-hop ones; repeated headers (Set-Cookie) kept."""
-    items = list(items)
-    drop = HOP_BY_HOP
+    kept = []
+    connection = ""
     for name, value in items:
-        if name.lower() == "connection":
-            drop = drop | connection_tokens(value)
-    return [(name, value) for name, value in items if name.lower() not in drop]
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == "connection":
+                connection = f"{connection},{value}" if connection else value
+            continue
+        kept.append((name, value))
+    if connection:  # rare: headers the backend named as hop-by-hop
+        named = connection_tokens(connection)
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 def upstream_target(environ: Mapping[str, Any]) -> str:

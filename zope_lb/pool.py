@@ -110,10 +110,12 @@ class BackendPool:
     def candidates(self, now: float) -> list[Backend]:
         """Backends that may take requests now: primaries, or else backups."""
         backends = self.backends
-        primaries = [b for b in backends if not b.backup and b.available(now)]
+        up = State.UP
+        primaries = [b for b in backends
+                     if not b.backup and (b.state is up or b.available(now))]
         if primaries:
             return primaries
-        return [b for b in backends if b.backup and b.available(now)]
+        return [b for b in backends if b.backup and (b.state is up or b.available(now))]
 
     def by_token(self, token: str | None) -> Backend | None:
         """The backend an affinity cookie names, if it is still configured."""
@@ -142,7 +144,7 @@ class BackendPool:
         settings = self.settings
         with self._lock:
             candidates = self.candidates(self.clock())
-            if not any(b not in avoid for b in candidates):
+            if not candidates or (avoid and all(b in avoid for b in candidates)):
                 raise NoBackendAvailable("no backend is available")
             if not self._waiters:
                 backend = self._choose(strategy, candidates, environ, avoid, prefer)

@@ -6,8 +6,13 @@ A request is tried on backends picked by the strategy until one answers with
 a status line and headers; the answer's body is then streamed to the client
 by :class:`ResponseBody`, whose ``close()`` (called by the WSGI server when
 it is done, also when the client went away) returns the connection to the
-backend's pool and frees the backend's slot. That is when the backend is
-really free, not when the WSGI app returns.
+backend's pool. The backend is not free when the WSGI app returns, but only
+once it has sent its whole answer.
+
+The slot is given back as soon as the backend's whole answer has been read
+(for a small page: with the first read, before the client has it), since
+the backend is free from then on; ``close()`` gives it back for an answer
+that was not read to the end.
 
 What is retried (DESIGN.md, "Retry only what is safe"):
 
@@ -22,7 +27,7 @@ What is retried (DESIGN.md, "Retry only what is safe"):
   repeated: it gets a 502 and the log names the backend.
 - Nothing is retried after the response started.
 
-urllib3's exceptions become ours in exactly one place, :func:`translate_errors`.
+urllib3's exceptions become ours in exactly one place, :func:`translated`.
 """
 
 from __future__ import annotations
@@ -76,31 +81,41 @@ _DISCONNECTS = (http.client.RemoteDisconnected, ConnectionResetError,
                 BrokenPipeError, ConnectionAbortedError)
 
 
-@contextmanager
-def translate_errors(backend: Backend, timeout_read: float) -> Iterator[None]:
-    """Turn urllib3's (and the socket's) exceptions into zope_lb's."""
+#: What urllib3 and the socket layer may raise while talking to a backend.
+BACKEND_ERRORS = (HTTPError, http.client.HTTPException, OSError)
+
+
+def translated(exc: BaseException, backend: Backend, timeout_read: float) -> UpstreamError:
+    """zope_lb's error for one of urllib3's (or the socket's): the one place
+    where they are told apart (connect failures from read failures)."""
     where = f"{backend.id} ({backend.address})"
-    try:
-        yield
-    except NameResolutionError as exc:
-        raise BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where) from exc
-    except NewConnectionError as exc:
+    if isinstance(exc, NameResolutionError):
+        return BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where)
+    if isinstance(exc, NewConnectionError):
         cause = exc.__cause__ or exc
         reason = "connection refused" if isinstance(cause, ConnectionRefusedError) else str(cause)
-        raise BackendConnectError(reason, where) from exc
-    except ConnectTimeoutError as exc:
-        raise BackendConnectError("connect timed out", where) from exc
-    except ReadTimeoutError as exc:
-        raise BackendTimeout(f"no answer within {timeout_read:g} s", where) from exc
-    except ProtocolError as exc:
+        return BackendConnectError(reason, where)
+    if isinstance(exc, ConnectTimeoutError):
+        return BackendConnectError("connect timed out", where)
+    if isinstance(exc, ReadTimeoutError):
+        return BackendTimeout(f"no answer within {timeout_read:g} s", where)
+    if isinstance(exc, ProtocolError):
         broken = exc.args[1] if len(exc.args) > 1 else exc.__cause__
         if isinstance(broken, _DISCONNECTS):
-            raise BackendDisconnected(
-                "the backend closed the connection before answering", where
-            ) from exc
-        raise BackendProtocolError(f"invalid response: {broken or exc}", where) from exc
-    except (HTTPError, http.client.HTTPException, OSError) as exc:
-        raise BackendProtocolError(f"invalid response: {exc}", where) from exc
+            return BackendDisconnected("the backend closed the connection before answering",
+                                       where)
+        return BackendProtocolError(f"invalid response: {broken or exc}", where)
+    return BackendProtocolError(f"invalid response: {exc}", where)
+
+
+@contextmanager
+def translate_errors(backend: Backend, timeout_read: float) -> Iterator[None]:
+    """Turn urllib3's (and the socket's) exceptions into zope_lb's (off the hot path:
+    health probes, verify)."""
+    try:
+        yield
+    except BACKEND_ERRORS as exc:
+        raise translated(exc, backend, timeout_read) from exc
 
 
 class ClientBodyError(Exception):
@@ -161,7 +176,8 @@ def request_body(environ: dict[str, Any]) -> tuple[RequestBody | None, bool]:
 class ResponseBody:
     """The backend's body, streamed; ``close()`` frees the connection and the slot."""
 
-    __slots__ = ("_response", "_pool", "_backend", "_first", "_on_close", "_closed")
+    __slots__ = ("_response", "_pool", "_backend", "_first", "_on_close", "_closed",
+                 "_freed")
 
     def __init__(self, response: Any, pool: BackendPool, backend: Backend, first: bytes = b"",
                  on_close: Callable[[], None] | None = None):
@@ -171,6 +187,17 @@ class ResponseBody:
         self._first = first
         self._on_close = on_close
         self._closed = False
+        self._freed = False
+        if response.isclosed():  # the whole body came with the first read
+            self._free()
+
+    def _free(self) -> None:
+        """Give the backend's slot back, once: as soon as its whole answer has been
+        read (the backend is free then, even if the client is still receiving
+        it), or at close() for an answer not read to the end."""
+        if not self._freed:
+            self._freed = True
+            self._pool.release(self._backend)
 
     def __iter__(self) -> Iterator[bytes]:
         first = self._first
@@ -178,11 +205,14 @@ class ResponseBody:
             return
         self._first = b""
         yield first
-        read1 = self._response.read1
+        response = self._response
+        read1 = response.read1
         backend = self._backend
         try:
             while True:
                 chunk = read1(CHUNK_SIZE, decode_content=False)
+                if response.isclosed():
+                    self._free()
                 if not chunk:
                     return
                 yield chunk
@@ -205,7 +235,7 @@ class ResponseBody:
                 response.close()
             response.release_conn()
         finally:
-            self._pool.release(self._backend)
+            self._free()
             if self._on_close is not None:
                 self._on_close()
 
@@ -408,12 +438,14 @@ class Proxy:
 
     def _urlopen(self, pool: Any, backend: Backend, method: str, target: str,
                  headers: dict[str, str], body: RequestBody | None, chunked: bool) -> Any:
-        with translate_errors(backend, self.settings.timeout_read):
+        try:
             return pool.urlopen(
                 method, target, body=body, headers=headers, chunked=chunked,
                 retries=False, redirect=False, assert_same_host=False,
                 preload_content=False, decode_content=False,
             )
+        except BACKEND_ERRORS as exc:
+            raise translated(exc, backend, self.settings.timeout_read) from exc
 
     def _first_chunk(self, response: Any, backend: Backend) -> bytes:
         """Read the first piece of the body before answering the client.
@@ -423,9 +455,10 @@ class Proxy:
         its body is a failure that can still be retried, not a broken answer.
         """
         try:
-            with translate_errors(backend, self.settings.timeout_read):
-                return response.read1(CHUNK_SIZE, decode_content=False)
-        except BaseException:
+            return response.read1(CHUNK_SIZE, decode_content=False)
+        except BaseException as exc:
             response.close()
             response.release_conn()
+            if isinstance(exc, BACKEND_ERRORS):
+                raise translated(exc, backend, self.settings.timeout_read) from exc
             raise
