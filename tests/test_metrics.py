@@ -14,7 +14,7 @@ from servers import wait_until
 from webtest import TestApp
 
 from zope_lb import LoadBalancer
-from zope_lb.metrics import Metrics, status_class, unavailable_kind
+from zope_lb.metrics import Metrics, status_class
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -180,17 +180,6 @@ def test_openmetrics_when_asked(lb):
     content_type, body = lb.metrics.render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
-
-
-@pytest.mark.parametrize(("reason", "kind"), [
-    ("no backend is available", "no_backend"),
-    ("all backends are busy and 256 requests already wait", "queue_full"),
-    ("all backends stayed busy for 30 s", "queue_timeout"),
-    ("the balancer is shutting down", "shutdown"),
-    ("something new", "other"),
-])
-def test_unavailable_reasons_become_bounded_labels(reason, kind):
-    assert unavailable_kind(reason) == kind
 
 
 def test_status_class():

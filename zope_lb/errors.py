@@ -57,6 +57,12 @@ class NoBackendAvailable(UpstreamError):
     title = "Service Unavailable"
     sent = False
 
+    #: Why, as a bounded word for metrics: no_backend, queue_full,
+    #: queue_timeout, shutdown or unreachable.
+    def __init__(self, reason: str, backend: str | None = None, kind: str = "no_backend"):
+        super().__init__(reason, backend)
+        self.kind = kind
+
 
 class BackendConnectError(UpstreamError):
     sent = False

@@ -113,19 +113,6 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def unavailable_kind(reason: str) -> str:
-    """A bounded label for the pool's 503 reasons (their text names numbers)."""
-    if reason.startswith("all backends stayed busy"):
-        return "queue_timeout"
-    if reason.startswith("all backends are busy"):
-        return "queue_full"
-    if reason.startswith("no backend"):
-        return "no_backend"
-    if "shutting down" in reason:
-        return "shutdown"
-    return "other"
-
-
 def gauge_values(pools: Iterable[Any]) -> dict[str, dict[tuple[str, ...], float]]:
     """Every gauge of :data:`GAUGES` for these pools: name -> {label values: value}.
 
@@ -201,8 +188,8 @@ class MetricsObserver:
     def retry(self, pool: str, backend: str) -> None:
         self._retries.labels(pool, backend).inc()
 
-    def unavailable(self, pool: str, reason: str) -> None:
-        self._unavailable.labels(pool, unavailable_kind(reason)).inc()
+    def unavailable(self, pool: str, kind: str) -> None:
+        self._unavailable.labels(pool, kind).inc()
 
     def probe(self, pool: str, backend: str, passed: bool) -> None:
         if not passed:

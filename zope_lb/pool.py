@@ -154,7 +154,8 @@ class BackendPool:
                     return backend
             if len(self._waiters) >= settings.queue_size:
                 raise NoBackendAvailable(
-                    f"all backends are busy and {settings.queue_size} requests already wait"
+                    f"all backends are busy and {settings.queue_size} requests already wait",
+                    kind="queue_full",
                 )
             waiter = _Waiter(strategy, environ, avoid, prefer)
             self._waiters.append(waiter)
@@ -165,7 +166,8 @@ class BackendPool:
             if waiter.error is None:
                 self._waiters.remove(waiter)
                 waiter.error = NoBackendAvailable(
-                    f"all backends stayed busy for {settings.queue_timeout:g} s"
+                    f"all backends stayed busy for {settings.queue_timeout:g} s",
+                    kind="queue_timeout",
                 )
             raise waiter.error
 
@@ -251,7 +253,7 @@ class BackendPool:
     def close(self) -> None:
         with self._lock:
             for waiter in self._waiters:
-                waiter.error = NoBackendAvailable("the balancer is shutting down")
+                waiter.error = NoBackendAvailable("the balancer is shutting down", kind="shutdown")
                 waiter.event.set()
             self._waiters.clear()
         for backend in self.backends:

@@ -253,7 +253,8 @@ def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendA
     if not tried or last is None:
         return NoBackendAvailable("no backend is available")
     names = ", ".join(b.id for b in tried)
-    return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.reason})")
+    return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.reason})",
+                              kind="unreachable")
 
 
 class RequestObserver(Protocol):
@@ -265,8 +266,9 @@ class RequestObserver(Protocol):
     def retry(self, pool: str, backend: str) -> None:
         """A failed attempt is being tried again on another backend."""
 
-    def unavailable(self, pool: str, reason: str) -> None:
-        """No backend could take a request (all down, queue full or timed out)."""
+    def unavailable(self, pool: str, kind: str) -> None:
+        """No backend could take a request; ``kind`` is NoBackendAvailable.kind
+        (no_backend, queue_full, queue_timeout, shutdown)."""
 
     def probe(self, pool: str, backend: str, passed: bool) -> None:
         """An active health probe of a backend passed or failed."""
@@ -344,7 +346,7 @@ class Proxy:
                 backend = pool.acquire(route.strategy, environ, avoid, prefer)
             except NoBackendAvailable as exc:
                 if observer is not None:
-                    observer.unavailable(route.name, exc.reason)
+                    observer.unavailable(route.name, exc.kind)
                 if last_failure is None:
                     log.warning("%s %s: %s", method, target, exc.reason)
                     raise
