@@ -25,6 +25,7 @@ from webob import Request, Response
 
 from ..errors import ConfigError
 from ..headers import client_address, request_scheme
+from ..verify import verify_cluster
 from . import api, pages
 from .api import Balancer
 from .auth import (
@@ -57,14 +58,23 @@ class AdminApp:
     """The admin pages, JSON API and metrics of one balancer (same process).
 
     Test seams: ``clock`` (wall time, for session expiry), ``delay_step`` and
-    ``delay_max`` (the failed-login delay), ``sleep``.
+    ``delay_max`` (the failed-login delay), ``sleep``, ``verify`` (the function the
+    Verify tab runs), ``verify_timeout`` (seconds per request to a client) and
+    ``verify_deadline`` (seconds the page waits for the whole run).
     """
 
     def __init__(self, balancer: Balancer, *, clock: Callable[[], float] = time.time,
                  delay_step: float = 0.2, delay_max: float = 2.0,
                  forget_after: float = 300.0, sleep: Callable[[float], None] = time.sleep,
-                 session_max_age: float = SESSION_MAX_AGE):
+                 session_max_age: float = SESSION_MAX_AGE,
+                 verify: Callable[..., Any] = verify_cluster, verify_timeout: float = 5.0,
+                 verify_deadline: float = 30.0):
         self.balancer = balancer
+        self._verify_cluster = verify
+        self._verify_timeout = verify_timeout
+        self._verify_deadline = verify_deadline
+        # One run at a time: a write check per click is enough for any cluster.
+        self._verifying = threading.Lock()
         self._clock = clock
         self._session_max_age = session_max_age
         self.throttle = FailureThrottle(step=delay_step, maximum=delay_max,
@@ -218,7 +228,7 @@ class AdminApp:
         frame = pages.Frame(link, identity.user, identity.via, identity.csrf)
         route = rest.rstrip("/") or "/"
         action = _ACTION.fullmatch(rest)
-        known = route in ("/", "/basic", "/balancing", "/logout") or action
+        known = route in ("/", "/basic", "/balancing", "/verify", "/logout") or action
         if not known:
             return _html(pages.message_page(frame, "Not found", "No admin page here."), 404)
         if request.method == "POST":
@@ -238,6 +248,8 @@ class AdminApp:
                 return self._save_basic(frame, form.get("backends", ""), identity.user)
             if route == "/balancing":
                 return self._save_balancing(frame, form, identity.user)
+            if route == "/verify":
+                return self._verify(frame, form, identity.user)
             if route == "/logout":
                 response = _redirect(link + "/login")
                 response.delete_cookie(SESSION_COOKIE, path=link + "/")
@@ -255,6 +267,8 @@ class AdminApp:
             return _html(pages.balancing_page(
                 frame, api.balancing_fields(api.balancing_values(self.balancer)),
                 saved="saved" in request.GET))
+        if route == "/verify":
+            return _html(pages.verify_page(frame, self._verify_addresses()))
         return self._status(frame, request)
 
     def _status(self, frame: pages.Frame, request: Request) -> Response:
@@ -301,6 +315,67 @@ class AdminApp:
             return _html(pages.balancing_page(frame, api.balancing_fields(values),
                                               error=_describe(exc), error_field=exc.key), 400)
         return _redirect(f"{frame.base}/balancing/?saved=1")
+
+    # -- verify ---------------------------------------------------------------------
+
+    def _verify_addresses(self) -> list[str]:
+        """The default pool's clients, backups too: they share the same ZODB."""
+        return [spec.address for spec in self.balancer.settings.backends]
+
+    def _verify(self, frame: pages.Frame, form: Any, user: str) -> Response:
+        """Run ``zope-lb verify`` over the default pool, bounded by ``verify_deadline``.
+
+        The Zope login in the form is handed to the run and nowhere else: not
+        logged, not kept, never put back into the page.
+        """
+        addresses = self._verify_addresses()
+        login = form.get("user", "") or None
+        write_check = bool(form.get("write_check"))
+        if login is not None and ":" not in login:
+            return _html(pages.verify_page(
+                frame, addresses, write_check=write_check,
+                error="Write the Zope login as NAME:PASSWORD (what you typed was not kept)."),
+                400)
+        if not self._verifying.acquire(blocking=False):
+            return _html(pages.verify_page(
+                frame, addresses, write_check=write_check,
+                error="A verification is already running; try again when it has finished."),
+                409)
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["report"] = self._verify_cluster(
+                    addresses, user=login, write_check=write_check,
+                    timeout=self._verify_timeout)
+            except ConfigError as exc:
+                outcome["error"] = f"Not verified: {_describe(exc)}"
+            except Exception:  # a reason on the page, the traceback in the log
+                log.exception("admin: verifying the cluster failed")
+                outcome["error"] = "The verification failed unexpectedly; see the log."
+            finally:
+                self._verifying.release()
+                done.set()
+
+        log.info("admin %s: verifying %s (storage checks %s, write check %s)", user,
+                 ", ".join(addresses), "on" if login else "off", "on" if write_check else "off")
+        threading.Thread(target=run, name="zope_lb admin verify", daemon=True).start()
+        if not done.wait(self._verify_deadline):
+            log.warning("admin %s: verifying the cluster took more than %g s", user,
+                        self._verify_deadline)
+            return _html(pages.verify_page(
+                frame, addresses, write_check=write_check,
+                error=f"The verification did not finish within {self._verify_deadline:g} s. "
+                      "It goes on in the background, each request to a client bounded by "
+                      f"{self._verify_timeout:g} s; try again in a minute."), 504)
+        if "error" in outcome:
+            return _html(pages.verify_page(frame, addresses, write_check=write_check,
+                                           error=outcome["error"]), 500)
+        report = outcome["report"]
+        log.info("admin %s: cluster verified: %s", user, "PASS" if report.passed else "FAIL")
+        return _html(pages.verify_page(frame, addresses, write_check=write_check,
+                                       report=report.to_dict()))
 
     # -- API and metrics ------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class Field:
     choices: tuple[str, ...] = ()
 
 
-TABS = (("", "Status"), ("/basic", "Basic"), ("/balancing", "Balancing"))
+TABS = (("", "Status"), ("/basic", "Basic"), ("/balancing", "Balancing"), ("/verify", "Verify"))
 
 
 def layout(frame: Frame, title: str, content: str, *, tab: str | None = None,
@@ -284,6 +284,134 @@ def balancing_page(frame: Frame, groups: Sequence[tuple[str, Sequence[Field]]], 
     return layout(frame, "Balancing", content, tab="/balancing")
 
 
+# -- verify -------------------------------------------------------------------------
+
+_VERIFY_HELP = (
+    "Checks the Zope clients of the default pool as <code>zope-lb verify</code> does: each "
+    "one answers on its own address and, with a Manager login, all of them share one ZODB "
+    "through one ZEO server (the same <em>Database Location</em>, the same latest "
+    "transaction). The write check also writes a test object through the first client, "
+    "reads it back through every other one and deletes it. The login is used for this run "
+    "only: it is neither kept nor shown again."
+)
+
+#: The command line's words in verify's notes and reasons, as this page says them.
+_CLI_WORDS = (
+    ("give --user NAME:PASSWORD (a Manager)", "give a Zope Manager login"),
+    ("add --write-check", "tick Write check"),
+    ("--write-check not given", "write check not asked for"),
+)
+
+
+def _page_words(text: str) -> str:
+    for cli, words in _CLI_WORDS:
+        text = text.replace(cli, words)
+    return text
+
+
+def _check(client: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    for check in client.get("checks", ()):
+        if check.get("name") == name:
+            return check
+    return {}
+
+
+def _report_cells(client: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One client's row of the verify report: (column, escaped HTML)."""
+    skipped = '<span class="dim">skipped</span>'
+    if client.get("reachable"):
+        reachable = f"HTTP {_number(client.get('status'))} in {_number(client.get('ms'), 'ms')}"
+    elif client.get("status") is not None:
+        reachable = f'<span class="failed">HTTP {_number(client.get("status"))}</span>'
+    else:
+        reachable = f'<span class="failed">{esc(client.get("error") or "no answer")}</span>'
+    if _check(client, "location").get("outcome") == "skip":
+        location = skipped
+    elif client.get("location") is None:
+        location = "?"
+    else:
+        suffix = {True: " (connected)", False: " (disconnected)", None: ""}[
+            client.get("connected")]
+        location = f"<code>{esc(client['location'])}</code>{esc(suffix)}"
+    last = client.get("last_transaction") or {}
+    if last:
+        transaction = f"<code>{esc(last.get('tid') or last.get('id'))}</code>"
+    elif _check(client, "transaction").get("outcome") == "skip":
+        transaction = skipped
+    else:
+        transaction = "?"
+    if _check(client, "write").get("outcome") == "skip":
+        write = skipped
+    elif client.get("writer") and client.get("write_seen"):
+        write = "written here"
+    elif client.get("write_seen"):
+        write = f"seen after {_number(client.get('write_ms'), 'ms')}"
+    else:
+        write = '<span class="failed">NO</span>'
+    passed = client.get("verdict") == "pass"
+    verdict = ('<span class="passed">ok</span>' if passed
+               else '<span class="failed">FAIL</span>')
+    failures = client.get("failures") or ()
+    why = ("<br>".join(esc(_page_words(str(f))) for f in failures) if failures
+           else '<span class="dim">every check made passed</span>')
+    return [("Client", f"<code>{esc(client.get('address'))}</code>"),
+            ("Reachable", reachable), ("Location", location),
+            ("Last transaction", transaction), ("Write seen", write),
+            ("Verdict", verdict), ("Why", why)]
+
+
+def verify_report(report: Mapping[str, Any]) -> str:
+    """A ``verify`` report (``Report.to_dict()``) as a summary, a table and notes."""
+    clients = report.get("clients") or ()
+    failed = sum(1 for c in clients if c.get("verdict") != "pass")
+    total = len(clients)
+    verdict = "PASS" if report.get("passed") else "FAIL"
+    summary = notice(f"<strong>{verdict}</strong>: {total - failed} of {total} clients "
+                     "passed every check made.", "ok" if report.get("passed") else "error")
+    rows = []
+    for client in clients:
+        cells = _report_cells(client)
+        rows.append("<tr>" + "".join(f'<td data-label="{label}">{cell}</td>'
+                                     for label, cell in cells) + "</tr>")
+    head = ["Client", "Reachable", "Location", "Last transaction", "Write seen", "Verdict",
+            "Why"]
+    table = ('<table class="backends report"><thead><tr>'
+             + "".join(f'<th scope="col">{h}</th>' for h in head)
+             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    notes = "".join(f"<li>{esc(_page_words(str(n)))}</li>" for n in report.get("notes") or ())
+    checked = (f'<p class="dim">Storage checks: {esc(report.get("storage_checks"))}; '
+               f'write check: {esc(report.get("write_check"))}.</p>')
+    return (f'<section class="result" aria-label="Report"><h2>Report</h2>{summary}{table}'
+            + (f'<ul class="notes">{notes}</ul>' if notes else "") + checked + "</section>")
+
+
+def verify_page(frame: Frame, addresses: Sequence[str], *,
+                report: Mapping[str, Any] | None = None, write_check: bool = False,
+                error: str = "") -> str:
+    """The Verify tab: the form (its login field always empty) and, after a run,
+    the report. Nothing the user typed into the login field is ever shown."""
+    message = notice(esc(error), "error") if error else ""
+    listed = ", ".join(f"<code>{esc(a)}</code>" for a in addresses) or "none"
+    checked = " checked" if write_check else ""
+    content = (
+        f"<h1>Verify cluster</h1><p>{_VERIFY_HELP}</p>"
+        f"<p>Clients of the default pool: {listed}.</p>{message}"
+        f'<form method="post" action="{esc(frame.base)}/verify/" class="verify">'
+        f"{csrf_input(frame)}"
+        '<label for="user">Zope Manager login (NAME:PASSWORD)</label>'
+        '<input id="user" name="user" type="password" value="" autocomplete="new-password" '
+        'autocapitalize="off" spellcheck="false">'
+        "<small>Optional: without it only reachability is checked, and the storage checks "
+        "are reported as skipped.</small>"
+        '<label class="check" for="write_check"><input type="checkbox" id="write_check" '
+        f'name="write_check" value="1"{checked}> Write check (writes and deletes a test '
+        "object)</label>"
+        '<p><button type="submit">Verify cluster</button></p></form>'
+        + (verify_report(report) if report is not None else "")
+    )
+    return layout(frame, "Verify", content, tab="/verify")
+
+
 # -- login and small messages -------------------------------------------------------
 
 
@@ -343,9 +471,14 @@ fieldset{border:1px solid var(--line);margin:0 0 1rem;background:#fff}
 .field{display:grid;gap:.2rem;margin:.5rem 0}
 .field input,.field select,.login input{font:inherit;padding:.3rem;width:100%;max-width:30rem;
 box-sizing:border-box}
-td[data-label=Actions]{white-space:nowrap}
+@media (min-width:1300px){td[data-label=Actions]{white-space:nowrap}}
 .invalid{outline:2px solid var(--bad)}
 .login{display:grid;gap:.4rem;max-width:20rem}
+.verify{display:grid;gap:.4rem;max-width:36rem}
+.verify input[type=password]{font:inherit;padding:.3rem;width:100%;box-sizing:border-box}
+.verify label.check{display:flex;gap:.5rem;align-items:center}
+h2{font-size:1.15rem;margin:1.2rem 0 .4rem}.notes{color:var(--dim)}
+table.report td{overflow-wrap:anywhere}
 @media (max-width:760px){
 table.backends thead{display:none}
 table.backends tr{display:block;border:1px solid var(--line);margin:0 0 .8rem;
