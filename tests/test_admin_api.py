@@ -7,27 +7,23 @@ import threading
 from collections import Counter
 
 import pytest
+from admin_support import ADMIN, PASSWORD, USERS, admin_balancer
 from webtest import TestApp
 
-from zope_lb import LoadBalancer
 from zope_lb.admin import AdminApp
 from zope_lb.admin.api import BALANCING_KEYS
-from zope_lb.passwd import hash_password
 
-PASSWORD = "s3cret pass"
-ADMIN = "/__zope_lb__"
 API = f"{ADMIN}/api"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def users():
-    return f"admin:{hash_password(PASSWORD)}"
+    return USERS
 
 
 @pytest.fixture
 def lb(backends, users):
-    balancer = LoadBalancer([f"{b.address} id=c{i}" for i, b in enumerate(backends[:2])],
-                            health_interval=0, passive_fall=1, admin_users=users)
+    balancer = admin_balancer(backends, passive_fall=1)
     yield balancer
     balancer.close()
 

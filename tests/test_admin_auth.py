@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from admin_support import ADMIN, PASSWORD, USERS, admin_balancer
 from paste.deploy import loadapp
 from webtest import TestApp
 
@@ -17,20 +18,17 @@ from zope_lb.admin.auth import Accounts, FailureThrottle, allowed, same_origin
 from zope_lb.passwd import hash_password
 from zope_lb.settings import as_networks
 
-PASSWORD = "s3cret pass"
-ADMIN = "/__zope_lb__"
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def users():
-    return f"admin:{hash_password(PASSWORD)}"
+    return USERS
 
 
 @pytest.fixture
 def lb(backends, users):
-    balancer = LoadBalancer([f"{b.address} id=c{i}" for i, b in enumerate(backends[:2])],
-                            health_interval=0, admin_users=users)
+    balancer = admin_balancer(backends)
     yield balancer
     balancer.close()
 

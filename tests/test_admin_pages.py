@@ -8,28 +8,19 @@ import re
 from collections import Counter
 
 import pytest
+from admin_support import ADMIN, PASSWORD, admin_balancer
 from webtest import TestApp
 
-from zope_lb import LoadBalancer
 from zope_lb.admin import AdminApp
 from zope_lb.admin.pages import Field, Frame, balancing_page, basic_page, status_page
-from zope_lb.passwd import hash_password
 
-PASSWORD = "s3cret pass"
-ADMIN = "/__zope_lb__"
 FRAME = Frame(ADMIN, "admin", "basic", "tok")
 EVIL = '<script>alert("x")</script>'
 
 
-@pytest.fixture(scope="module")
-def users():
-    return f"admin:{hash_password(PASSWORD)}"
-
-
 @pytest.fixture
-def lb(backends, users):
-    balancer = LoadBalancer([f"{b.address} id=c{i}" for i, b in enumerate(backends[:2])],
-                            health_interval=0, admin_users=users)
+def lb(backends):
+    balancer = admin_balancer(backends)
     yield balancer
     balancer.close()
 

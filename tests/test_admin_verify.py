@@ -16,6 +16,7 @@ import threading
 import uuid
 
 import pytest
+from admin_support import ADMIN, PASSWORD, USERS, admin_balancer
 from servers import wait_until
 from webtest import TestApp
 from zope_cluster import PASSWORD as ZOPE_PASSWORD
@@ -24,23 +25,19 @@ from zope_cluster import zope_cluster  # noqa: F401  (a fixture)
 
 from zope_lb import LoadBalancer
 from zope_lb.admin import AdminApp
-from zope_lb.passwd import hash_password
 from zope_lb.verify import Probe, judge
 
-PASSWORD = "s3cret pass"
-ADMIN = "/__zope_lb__"
 EVIL = '<script>alert("x")</script>'
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def users():
-    return f"admin:{hash_password(PASSWORD)}"
+    return USERS
 
 
 @pytest.fixture
 def lb(backends, users):
-    balancer = LoadBalancer([f"{b.address} id=c{i}" for i, b in enumerate(backends[:2])],
-                            health_interval=0, admin_users=users)
+    balancer = admin_balancer(backends)
     yield balancer
     balancer.close()
 
