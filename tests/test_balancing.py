@@ -146,12 +146,13 @@ def test_closing_a_streamed_response_frees_its_slot(backend):
         # 100 chunks, 0.1 s apart: 10 s if read to the end
         conn.request("GET", "/big?n=6553600&chunk=65536&delay=0.1")
         res = conn.getresponse()
-        assert len(res.read1(65536)) > 0
-        assert lb.pool.backends[0].active == 1
+        assert len(res.read1(65536)) > 0, "no first chunk"
+        assert lb.pool.backends[0].active == 1, "slot not held while the body streams"
         conn.close()  # the client goes away mid-body
-        assert wait_until(lambda: lb.pool.backends[0].active == 0, timeout=5)
+        assert wait_until(lambda: lb.pool.backends[0].active == 0, timeout=5), (
+            "slot still held 5 s after the client went away")
         status, _, _ = get(front.port, "/echo", timeout=5)
-        assert status == 200
+        assert status == 200, f"the next request got {status}"
     finally:
         front.stop()
 
