@@ -105,7 +105,7 @@ class LoadBalancer:
         )
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         self.cluster = ClusterWatch(settings.notify_min_healthy)
-        self.cluster.update(*self._primary_counts(), utc_now_iso())
+        self.cluster.update(*self.pool.primary_counts(), utc_now_iso())
         self.checker: HealthChecker | None = None
         self._closed = False
         self._use(settings)
@@ -298,15 +298,10 @@ class LoadBalancer:
 
     # -- health -------------------------------------------------------------------------
 
-    def _primary_counts(self) -> tuple[int, int]:
-        """(healthy, total) primaries of the default pool: the site's own clients."""
-        primaries = [b for b in self.pool.backends if not b.backup]
-        return sum(1 for b in primaries if b.state is State.UP), len(primaries)
-
     def _backend_changed(self, pool: BackendPool, backend: Backend, old: State, new: State,
                          reason: str) -> None:
         """Every state change: an event for the notifiers, and the cluster's view."""
-        healthy, total = self._primary_counts()
+        healthy, total = self.pool.primary_counts()
         now = utc_now_iso(self._wall_clock)
         events = [make_event(f"backend.{new.value}", time=now, backend=backend.id,
                              address=backend.address, old=old.value, new=new.value,
@@ -321,7 +316,7 @@ class LoadBalancer:
 
     def health(self) -> dict[str, Any]:
         """The balancer's own health: ok, degraded (a primary is not up) or down."""
-        healthy, total = self._primary_counts()
+        healthy, total = self.pool.primary_counts()
         any_up = any(b.state is State.UP for pool in self.pools for b in pool.backends)
         status = "ok" if healthy == total and healthy else ("degraded" if any_up else "down")
         return {

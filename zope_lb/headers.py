@@ -175,14 +175,13 @@ def _raw_path(raw: str | None, path: str) -> str | None:
         slash = rest.find("/")
         raw = rest[slash:] if slash >= 0 else "/"
     raw_path = raw.split("?", 1)[0]
-    if raw_path == path:
-        return raw_path if raw_path.isascii() else quote(raw_path.encode("latin-1"),
-                                                         safe=_PATH_SAFE + "%")
-    if "%" in raw_path and unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1") == path:
-        if raw_path.isascii():
-            return raw_path
-        return quote(raw_path.encode("latin-1"), safe=_PATH_SAFE + "%")
-    return None
+    agrees = raw_path == path or (
+        "%" in raw_path and unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1") == path)
+    if not agrees:
+        return None
+    # raw non-ASCII bytes (not valid on the wire) are escaped; the client's escapes kept
+    return raw_path if raw_path.isascii() else quote(raw_path.encode("latin-1"),
+                                                     safe=_PATH_SAFE + "%")
 
 
 # -- Zope's VirtualHostMonster ------------------------------------------------------

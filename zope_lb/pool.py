@@ -220,8 +220,10 @@ class BackendPool:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def healthy_primaries(self) -> int:
-        return sum(1 for b in self.backends if not b.backup and b.state is State.UP)
+    def primary_counts(self) -> tuple[int, int]:
+        """(up, all) primaries: what the log lines, events and health report count."""
+        primaries = [b for b in self.backends if not b.backup]
+        return sum(1 for b in primaries if b.state is State.UP), len(primaries)
 
     # -- changes ----------------------------------------------------------------------
 
@@ -260,8 +262,7 @@ class BackendPool:
             backend.close()
 
     def _state_changed(self, backend: Backend, old: State, new: State, reason: str) -> None:
-        healthy = self.healthy_primaries()
-        total = sum(1 for b in self.backends if not b.backup)
+        healthy, total = self.primary_counts()
         level = logging.WARNING if new is State.DOWN else logging.INFO
         log.log(
             level,

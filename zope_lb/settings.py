@@ -221,6 +221,7 @@ def as_optional_url(value: object) -> str:
 
 
 def as_text(value: object) -> str:
+    """Free text (a command, a file path), trimmed."""
     return str(value).strip()
 
 
@@ -246,10 +247,6 @@ def as_users(value: object) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"line {number}: user {match.group(1)!r} is given twice")
         users.append((match.group(1), match.group(2)))
     return tuple(users)
-
-
-def as_optional_path(value: object) -> str:
-    return str(value).strip()
 
 
 def as_vhm_base(value: object) -> str:
@@ -612,7 +609,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics.public", as_bool, False,
            "Serve `/metrics` under `admin.path` without credentials (still only to "
            "`admin.allow`), for a Prometheus scraper on a trusted network.", "false"),
-    Option("state_file", as_optional_path, "",
+    Option("state_file", as_text, "",
            "Where admin changes are kept (atomic JSON), shared by every process "
            "serving the same ini and read again at start; relative to the ini.",
            "`NAME.state.json` beside `NAME.ini`"),
