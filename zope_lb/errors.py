@@ -42,7 +42,6 @@ class UpstreamError(ZopeLBError):
     """A request could not be answered by a backend."""
 
     status = 502
-    title = "Bad Gateway"
     #: True when the backend may have received (part of) the request.
     sent = True
 
@@ -54,7 +53,6 @@ class UpstreamError(ZopeLBError):
 
 class NoBackendAvailable(UpstreamError):
     status = 503
-    title = "Service Unavailable"
     sent = False
 
     #: Why, as a bounded word for metrics: no_backend, queue_full,
@@ -74,7 +72,6 @@ class BackendDisconnected(UpstreamError):
 
 class BackendTimeout(UpstreamError):
     status = 504
-    title = "Gateway Timeout"
 
 
 class BackendProtocolError(UpstreamError):
