@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import waitress.server
+import waitress.wasyncore
 
 
 class ServerThread:
@@ -49,24 +50,32 @@ class ServerThread:
         if server is None:
             return
         self.server = None
+        trigger = server.trigger
         done = threading.Event()
 
-        def close_all() -> None:
-            # Runs in the server's own loop thread, so no file descriptor is
-            # closed under a poll() that still watches it. Closing the trigger
-            # last empties the map, which ends the loop.
+        def close_channels() -> None:
+            # Runs in the server's own loop thread, so no descriptor is closed
+            # under a poll() that still watches it. The trigger only leaves the
+            # map (which ends the loop): it stays open until the workers are
+            # gone, because a worker pulls it when it finishes a task, and
+            # pull_trigger() itself writes to it after queueing this thunk.
+            # Closing it here raced with that write (EBADF, or a stray byte in
+            # whatever reused the descriptor).
             for channel in list(server._map.values()):
-                if channel is not server.trigger:
+                if channel is server:
+                    waitress.wasyncore.dispatcher.close(server)  # server.close() shuts the trigger
+                elif channel is not trigger:
                     channel.close()
-            server.trigger.close()
+            trigger.del_channel()
             done.set()
 
-        server.trigger.pull_trigger(close_all)
+        trigger.pull_trigger(close_channels)
         assert done.wait(5), "backend loop did not run the close"
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
         assert self.thread is not None
         self.thread.join(5)
         assert not self.thread.is_alive(), "backend thread did not stop"
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        trigger.close()
 
 
 def free_port() -> int:
