@@ -100,14 +100,18 @@ class ScriptedServer:
     the next request on it arrives (the stale keep-alive race).
 
     ``respond(request_head, index_on_connection)`` returns the raw bytes to send,
-    or None to close the connection without answering.
+    or None to close the connection without answering. With ``close_after``,
+    each connection is closed once answered, although the answer did not say
+    so: what a backend's idle timeout or restart does to a kept-alive connection.
     """
 
-    def __init__(self, respond: Any):
+    def __init__(self, respond: Any, close_after: bool = False):
         self.respond = respond
+        self.close_after = close_after
         self.requests: list[bytes] = []
         self.bodies: list[bytes] = []
         self.connections = 0
+        self.closed = 0
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -130,7 +134,7 @@ class ScriptedServer:
             except OSError:
                 continue
             self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread = threading.Thread(target=self._serve_counted, args=(conn,), daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -190,6 +194,14 @@ class ScriptedServer:
                 if answer is None:
                     return
                 conn.sendall(answer)
+                if self.close_after:
+                    return
+
+    def _serve_counted(self, conn: socket.socket) -> None:
+        try:
+            self._serve(conn)
+        finally:
+            self.closed += 1
 
     def stop(self) -> None:
         self._running = False

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import urllib3
-from servers import ScriptedServer, ServerThread
+from servers import ScriptedServer, ServerThread, wait_until
 from webtest import TestApp
 
 from zope_lb import LoadBalancer
@@ -81,8 +81,8 @@ def ok(body: bytes = b"ok", *headers: str) -> bytes:
 def scripted():
     servers = []
 
-    def start(respond):
-        server = ScriptedServer(respond)
+    def start(respond, **options):
+        server = ScriptedServer(respond, **options)
         servers.append(server)
         return server
 
@@ -132,6 +132,28 @@ def test_stale_keepalive_connection_never_resends_a_post(scripted, caplog):
     assert "closed the connection" in res.text
     assert [h.split(b" ")[0] for h in backend.requests].count(b"POST") == 1
     assert any(backend.address in r.getMessage() for r in caplog.records)
+
+
+def test_connection_closed_while_idle_costs_no_request(scripted, caplog):
+    """The backend closed a kept-alive connection between two requests. A GET
+    is sent on it without urllib3's liveness poll (one system call saved per
+    request) and, finding it closed, once more on a fresh connection; a POST
+    keeps the poll, so it goes out once, on a new connection, and succeeds."""
+    backend = scripted(lambda head, i: ok(head.split(b" ")[1]), close_after=True)
+    app = TestApp(lb_for([backend]))
+    assert app.get("/one").body == b"/one"
+    assert wait_until(lambda: backend.closed == 1, timeout=5)
+    with caplog.at_level(logging.INFO, logger="zope_lb"):
+        assert app.post("/form", b"a=1").body == b"/form"
+    assert not [r for r in caplog.records if "/form" in r.getMessage()]
+    assert wait_until(lambda: backend.closed == 2, timeout=5)
+    with caplog.at_level(logging.INFO, logger="zope_lb"):
+        assert app.get("/two").body == b"/two"
+    (retried,) = [r.getMessage() for r in caplog.records if "/two" in r.getMessage()]
+    assert retried.endswith("closed the connection before answering; "
+                            "retrying once on a fresh connection")
+    assert [h.split(b" ")[1] for h in backend.requests] == [b"/one", b"/form", b"/two"]
+    assert app.app.pool.backends[0].state.value == "up"
 
 
 def test_hop_by_hop_request_headers_dropped(backend):

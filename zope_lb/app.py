@@ -17,10 +17,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from urllib3 import HTTPConnectionPool
-
 from .admin import AdminApp, registry
-from .backend import Backend, State
+from .backend import Backend, BackendConnectionPool, State
 from .errors import UpstreamError
 from .health import HealthChecker
 from .metrics import Metrics
@@ -60,7 +58,7 @@ class LoadBalancer:
         app: WSGIApp | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        pool_factory: Callable[..., Any] = BackendConnectionPool,
         name: str = "main",
         **options: Any,
     ):
@@ -74,7 +72,7 @@ class LoadBalancer:
         app: WSGIApp | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        pool_factory: Callable[..., Any] = BackendConnectionPool,
         name: str = "main",
     ) -> LoadBalancer:
         """A balancer for already validated settings (the PasteDeploy factories

@@ -23,11 +23,42 @@ from collections.abc import Callable
 from typing import Any
 
 from urllib3 import HTTPConnectionPool, Timeout
+from urllib3.connection import HTTPConnection
 
 from .settings import BackendSpec, Settings
 from .stats import BackendStats
 
 log = logging.getLogger(__name__)
+
+
+class _Reuse(threading.local):
+    retriable = False
+
+
+#: Set by the proxy, per thread, just before it sends a request.
+REUSE = _Reuse()
+
+
+class KeptAliveConnection(HTTPConnection):
+    """A pooled connection to a backend.
+
+    urllib3 polls every pooled socket before reusing it, to see whether the
+    backend closed it meanwhile: a system call per request, which lets go of
+    the GIL. zope_lb skips that poll when the request is one it would send again
+    anyway on a fresh connection if this one turned out closed (an idempotent
+    method without a body, see ``Proxy._send``). A POST still gets the poll, so
+    it is never sent into a connection the backend already closed.
+    """
+
+    @property
+    def is_connected(self) -> bool:
+        if REUSE.retriable and self.sock is not None:
+            return True
+        return bool(super().is_connected)
+
+
+class BackendConnectionPool(HTTPConnectionPool):
+    ConnectionCls = KeptAliveConnection
 
 
 class State(str, enum.Enum):
@@ -80,7 +111,7 @@ class Backend:
         auto_recover: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_change: StateListener | None = None,
-        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        pool_factory: Callable[..., Any] = BackendConnectionPool,
     ):
         self.spec = spec
         self.id = spec.id

@@ -32,9 +32,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from urllib3 import HTTPConnectionPool
-
-from .backend import Backend, State
+from .backend import Backend, BackendConnectionPool, State
 from .errors import NoBackendAvailable
 from .settings import BackendSpec, Settings
 from .strategies import Strategy
@@ -70,7 +68,7 @@ class BackendPool:
         *,
         name: str = "default",
         clock: Callable[[], float] = time.monotonic,
-        pool_factory: Callable[..., Any] = HTTPConnectionPool,
+        pool_factory: Callable[..., Any] = BackendConnectionPool,
         listener: Callable[[BackendPool, Backend, State, State, str], None] | None = None,
     ):
         self.name = name
