@@ -90,6 +90,11 @@ def main(argv=None) -> None:
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--cprofile", metavar="FILE")
     ap.add_argument(
+        "--cpu",
+        default="auto",
+        help="as zope-lb serve --cpu: auto (one allowed core, the default), all, or N",
+    )
+    ap.add_argument(
         "--app",
         choices=("zope_lb", "bare"),
         default="zope_lb",
@@ -103,6 +108,13 @@ def main(argv=None) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     import waitress
+
+    if args.app == "zope_lb":  # as zope-lb serve does, before any thread starts
+        from zope_lb.affinity import confine, parse_cpu
+
+        cpu = confine(parse_cpu(args.cpu))
+        if cpu is not None:
+            print(f"zope_lb confined to CPU {cpu}", file=sys.stderr, flush=True)
 
     profiles = None
     if args.cprofile:

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import urllib3
@@ -91,7 +92,8 @@ def write_ini(tmp_path, backends, port: int) -> str:
     return str(ini)
 
 
-def run_and_query(command: list[str], port: int, backends) -> None:
+def run_and_query(command: list[str], port: int, backends,
+                  while_running: Callable[[subprocess.Popen], None] | None = None) -> None:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=ROOT)
     http = urllib3.PoolManager(retries=False, timeout=2)
@@ -108,6 +110,8 @@ def run_and_query(command: list[str], port: int, backends) -> None:
         seen = {http.request("GET", f"http://127.0.0.1:{port}/echo").headers["X-Backend"]
                 for _ in range(6)}
         assert seen == {b.app.echo.name for b in backends}
+        if while_running is not None:
+            while_running(proc)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
