@@ -12,7 +12,7 @@ from servers import free_port
 from test_paste import run_and_query, write_ini
 
 from zope_lb import ConfigError
-from zope_lb.affinity import choose_cpu, parse_cpu
+from zope_lb.affinity import choose_cpu, confine, parse_cpu
 
 
 @pytest.mark.parametrize(("text", "value"), [("auto", "auto"), (" ALL ", "all"), ("3", 3)])
@@ -89,3 +89,15 @@ def test_serve_refuses_a_core_it_may_not_use(tmp_path):
     assert result.returncode == 2
     assert "--cpu 4096: this process may only use cores" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_auto_floats_with_a_warning_where_affinity_is_forbidden(monkeypatch, caplog):
+    def forbidden(pid, cpus):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", forbidden, raising=False)
+    assert confine("auto") is None
+    assert "cannot keep zope-lb on one CPU core" in caplog.text
+    with pytest.raises(ConfigError, match="--cpu 1: cannot move this process there"):
+        confine(1)

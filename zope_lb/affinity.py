@@ -10,9 +10,12 @@ cores it may use, unless told otherwise; run one process per core for more.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 ALL = "all"
@@ -51,5 +54,11 @@ def confine(spec: str | int) -> int | None:
         return None
     else:
         cpu = choose_cpu(allowed, os.getpid())
-    os.sched_setaffinity(0, {cpu})
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # a sandbox that forbids it: float, as before
+        if isinstance(spec, int):
+            raise ConfigError("--cpu", spec, f"cannot move this process there: {exc}") from exc
+        log.warning("cannot keep zope-lb on one CPU core (%s); it floats", exc)
+        return None
     return cpu
