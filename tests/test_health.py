@@ -21,6 +21,7 @@ from webtest import TestApp
 
 from zope_lb import LoadBalancer
 from zope_lb.backend import State
+from zope_lb.health import HealthChecker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = {"health_interval": "100ms", "health_timeout": "500ms", "health_rise": 2,
@@ -125,6 +126,28 @@ def test_sent_get_is_retried_elsewhere_but_a_sent_post_is_not(balancers):
     finally:
         dropper.stop()
         good.stop()
+
+
+def test_close_in_the_middle_of_a_round_ends_the_checker_quietly(backends):
+    """close(), from another thread, can land between the loop's check of the
+    stop flag and its handing the round's probes to the executor that close()
+    has just shut down: the loop must end there, not die with a traceback."""
+    lb = LoadBalancer([b.address for b in backends[:2]], **{"health.interval": 0})
+    try:
+        calls = 0
+
+        def listing():
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the round in which both backends are due
+                checker.close(timeout=0)
+            return lb.pool.backends
+
+        checker = HealthChecker(listing, lb.settings)
+        checker._run()  # in this thread, so an exception reaches the test
+        assert calls == 2
+    finally:
+        lb.close()
 
 
 def test_timeout_on_the_only_backend_is_504_not_503(backend, balancers):

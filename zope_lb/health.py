@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any
 
 import urllib3
@@ -117,10 +117,17 @@ class HealthChecker:
                 elif when <= now:
                     due.append(backend)
             if due:
-                futures = [self._executor.submit(self.probe, b) for b in due]
+                if self._stop.is_set():
+                    return
+                try:
+                    futures = [self._executor.submit(self.probe, b) for b in due]
+                except RuntimeError:  # close() shut the executor down meanwhile
+                    return
                 for backend, future in zip(due, futures, strict=True):
                     try:
                         passed, detail = future.result()
+                    except CancelledError:  # close() cancelled it
+                        return
                     except Exception as exc:  # a bug, not a backend failure: keep probing
                         log.exception("health probe of %s crashed", backend.address)
                         passed, detail = False, f"probe crashed: {exc}"
