@@ -77,6 +77,21 @@ def test_rewrite_locations():
     assert out["Link"] == "<http://10.0.0.1:8080/x>"  # only the three location headers
 
 
+@pytest.mark.parametrize(("backend", "value", "expected"), [
+    ("10.0.0.1:8080", "http://10.0.0.1:80801/x", "http://10.0.0.1:80801/x"),  # another port
+    ("10.0.0.1:80", "http://10.0.0.10/x", "http://10.0.0.10/x"),  # another host
+    ("zope1:8080", "http://zope1:8080.evil.example/", "http://zope1:8080.evil.example/"),
+    ("10.0.0.1:8080", "http://10.0.0.1:8080", "https://www.example.com"),
+    ("10.0.0.1:80", "http://10.0.0.1/x", "https://www.example.com/x"),  # default port left out
+    ("10.0.0.1:80", "http://10.0.0.1:80/x", "https://www.example.com/x"),
+    ("zope1:443", "https://ZOPE1/x", "https://www.example.com/x"),
+    ("zope1:8080", "http://zope1:8080#top", "https://www.example.com#top"),
+    ("[::1]:8080", "http://[::1]:8080/a?b=1", "https://www.example.com/a?b=1"),
+])
+def test_rewrite_locations_matches_the_whole_authority_only(backend, value, expected):
+    assert rewrite_locations([("Location", value)], backend, ORIGIN) == [("Location", expected)]
+
+
 def test_vhm_settings_rules():
     with pytest.raises(ConfigError, match="vhm.base"):
         parse_settings({"backends": "a:1\nb:2", "vhm.base": "https://x.org/path"})

@@ -261,14 +261,34 @@ LOCATION_HEADERS = frozenset({"location", "content-location", "refresh"})
 def rewrite_locations(items: list[tuple[str, str]], backend_address: str,
                       origin: tuple[str, str, str]) -> list[tuple[str, str]]:
     """Location, Content-Location and Refresh naming the backend's own host:port
-    point at the public URL instead (what Apache calls ProxyPassReverse)."""
+    point at the public URL instead (what Apache calls ProxyPassReverse).
+
+    Only a URL whose authority is exactly the backend's is rewritten: backend
+    ``10.0.0.1:8080`` leaves ``http://10.0.0.1:80801/`` alone, and a backend on
+    port 80 (443) also matches ``http://host/`` (``https://host/``)."""
     scheme, host, port = origin
     public = f"{scheme}://{host}" if port == _DEFAULT_PORT[scheme] else f"{scheme}://{host}:{port}"
-    own = (f"http://{backend_address}", f"https://{backend_address}")
+    pattern = _own_url(backend_address)
     out = []
     for name, value in items:
-        if backend_address in value and name.lower() in LOCATION_HEADERS:
-            for prefix in own:
-                value = value.replace(prefix, public)
+        if name.lower() in LOCATION_HEADERS:
+            value = pattern.sub(public, value)
         out.append((name, value))
     return out
+
+
+def url_host(backend_address: str) -> str:
+    """The host part of ``host:port`` as it appears in a URL (IPv6 in brackets):
+    a cheap first test of whether a header value can name the backend."""
+    return backend_address.rsplit(":", 1)[0]
+
+
+@lru_cache(maxsize=256)
+def _own_url(backend_address: str) -> re.Pattern[str]:
+    host, port = backend_address.rsplit(":", 1)
+    host = re.escape(host)
+    http = f"{host}(?::{port})?" if port == "80" else f"{host}:{port}"
+    https = f"{host}(?::{port})?" if port == "443" else f"{host}:{port}"
+    # the authority ends the URL or is followed by its path, query or fragment
+    # (or, in Refresh, by whatever follows the URL)
+    return re.compile(f"(?:http://{http}|https://{https})(?![\\w.:@-])", re.IGNORECASE)

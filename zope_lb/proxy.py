@@ -398,12 +398,12 @@ class Proxy:
         if observer is not None:
             observer.request(route.name, backend.id, response.status, now - started)
         response_list = response_headers(response.headers.iteritems())
-        address = backend.address
+        host = backend.url_host
         for _, value in response_list:
-            if address in value:  # a redirect naming the backend itself: make it public
+            if host in value:  # perhaps a redirect naming the backend itself: make it public
                 origin = public_origin(environ, settings.forwarded_trusted,
                                        settings.vhm_base or "auto")
-                response_list = rewrite_locations(response_list, address, origin)
+                response_list = rewrite_locations(response_list, backend.address, origin)
                 break
         if sticky and token != backend.token:
             response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
