@@ -178,6 +178,28 @@ def test_backups_only_when_no_primary_is_available():
     assert pool.acquire(rr, {}) is b
 
 
+@pytest.mark.parametrize("strategy", ["round_robin", "least_connections", "random_two",
+                                      "source_ip", "uri_hash", "first"])
+def test_weight_zero_takes_no_new_requests_and_leaves_them_to_the_backups(strategy):
+    from zope_lb.strategies import make_strategy
+
+    pool = make_pool("a:1 weight=0\nb:2 backup\nc:3 weight=0 backup", strategy=strategy,
+                     **{"queue.timeout": 3})
+    pick = make_strategy(strategy, pool.settings)
+    started = time.monotonic()
+    assert {pool.acquire(pick, {"PATH_INFO": f"/{i}", "REMOTE_ADDR": "192.0.2.1"}).id
+            for i in range(4)} == {"b:2"}
+    assert time.monotonic() - started < 2  # served, not waiting out queue.timeout
+
+
+def test_only_weight_zero_backends_is_503_at_once():
+    pool = make_pool("a:1 weight=0\nb:2 weight=0", **{"queue.timeout": 3})
+    started = time.monotonic()
+    with pytest.raises(NoBackendAvailable, match="no backend is available"):
+        pool.acquire(RoundRobin(), {})
+    assert time.monotonic() - started < 2
+
+
 def test_drained_backend_closes_its_connections_after_the_last_release():
     pool = make_pool("a:1\nb:2")
     rr = RoundRobin()

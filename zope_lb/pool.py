@@ -106,14 +106,17 @@ class BackendPool:
     # -- choosing ---------------------------------------------------------------------
 
     def candidates(self, now: float) -> list[Backend]:
-        """Backends that may take requests now: primaries, or else backups."""
+        """Backends that may take requests now: primaries, or else backups.
+        A backend of weight 0 takes no new requests, so it is not one: a
+        pool whose only primary has weight 0 goes to its backups."""
         backends = self.backends
         up = State.UP
-        primaries = [b for b in backends
-                     if not b.backup and (b.state is up or b.available(now))]
+        primaries = [b for b in backends if not b.backup and b.base_weight > 0
+                     and (b.state is up or b.available(now))]
         if primaries:
             return primaries
-        return [b for b in backends if b.backup and (b.state is up or b.available(now))]
+        return [b for b in backends if b.backup and b.base_weight > 0
+                and (b.state is up or b.available(now))]
 
     def by_token(self, token: str | None) -> Backend | None:
         """The backend an affinity cookie names, if it is still configured."""
