@@ -311,3 +311,19 @@ def test_close_closes_the_pool(rec: Recorder) -> None:
     backend = make(rec)
     backend.close()
     assert backend.pool.closed == 1
+
+
+def test_after_passive_detection_it_takes_rise_new_probes_to_come_back(rec: Recorder) -> None:
+    backend = make(rec, fall=2)
+    backend.rise = 2
+    backend.auto_recover = False
+    for _ in range(6):  # probes passing while it was up
+        backend.record_probe(True, "status 200", 1.0)
+    backend.record_failure("connection refused", 2.0)
+    backend.record_failure("connection refused", 2.1)
+    assert backend.state is State.DOWN
+    backend.record_probe(True, "status 200", 3.0)
+    assert backend.state is State.DOWN  # one pass is not health.rise
+    backend.record_probe(True, "status 200", 4.0)
+    assert backend.state is State.UP
+    assert backend.reason == "2 probes passed"

@@ -201,6 +201,7 @@ class Backend:
             tripped = self.consecutive_failures >= self.fall
             if tripped:
                 self.down_until = now + self.cooldown
+                self.probe_passes = 0  # back up only after health.rise new passes
         if tripped:
             count = self.consecutive_failures
             self._change("fail", f"{count} failed request{'s' * (count > 1)} in a row: {reason}")
