@@ -346,3 +346,29 @@ def test_close_leaves_no_thread_behind(backends):
     assert not lb.checker.running
     assert wait_until(lambda: not [t for t in threading.enumerate()
                                    if t.name.startswith("zope_lb") and t.name not in before])
+
+
+def test_an_event_counts_its_own_pool_and_the_cluster_watch_follows_the_site():
+    lb = LoadBalancer(["127.0.0.1:9 id=web1", "127.0.0.1:10 id=web2"], health_interval=0,
+                      **{"pool.zmi.backends": "127.0.0.1:11 id=zmi1",
+                         "pool.zmi.match": "path:*/manage*", "notify.min_healthy": 1})
+    sent = []
+
+    class Recorder:
+        def dispatch(self, event):
+            sent.append(event)
+
+        def close(self):
+            pass
+
+    lb.dispatcher = Recorder()
+    try:
+        lb.backend_action("zmi1", "disable")
+        lb.backend_action("web1", "disable")
+        assert [(e["event"], e.get("backend"), e["healthy"], e["total"]) for e in sent] == [
+            ("backend.disabled", "zmi1", 0, 1),  # the zmi pool's own count
+            ("backend.disabled", "web1", 1, 2),
+            ("cluster.degraded", None, 1, 2),  # the site: the default pool
+        ]
+    finally:
+        lb.close()

@@ -103,6 +103,7 @@ class LoadBalancer:
         )
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         self.cluster = ClusterWatch(settings.notify_min_healthy)
+        self._changes_lock = threading.Lock()
         self.cluster.update(*self.pool.primary_counts(), utc_now_iso())
         self.checker: HealthChecker | None = None
         self._closed = False
@@ -298,16 +299,24 @@ class LoadBalancer:
 
     def _backend_changed(self, pool: BackendPool, backend: Backend, old: State, new: State,
                          reason: str) -> None:
-        """Every state change: an event for the notifiers, and the cluster's view."""
-        healthy, total = self.pool.primary_counts()
-        now = utc_now_iso(self._wall_clock)
-        events = [make_event(f"backend.{new.value}", time=now, backend=backend.id,
-                             address=backend.address, old=old.value, new=new.value,
-                             reason=reason, healthy=healthy, total=total)]
-        for event in self.cluster.update(healthy, total, now):
-            level = logging.WARNING if event["event"] == "cluster.degraded" else logging.INFO
-            log.log(level, "%s", describe(event))
-            events.append(event)
+        """Every state change: an event for the notifiers, and the cluster's view.
+
+        The event carries the counts of the backend's own pool; the cluster
+        watch follows the default pool, the site. Changes come from request
+        threads and the health checker at once: the lock keeps each count and
+        the watch's verdict in step, so no cluster event is doubled or lost."""
+        with self._changes_lock:
+            healthy, total = pool.primary_counts()
+            now = utc_now_iso(self._wall_clock)
+            events = [make_event(f"backend.{new.value}", time=now, backend=backend.id,
+                                 address=backend.address, old=old.value, new=new.value,
+                                 reason=reason, healthy=healthy, total=total)]
+            site_healthy, site_total = (healthy, total) if pool is self.pool else (
+                self.pool.primary_counts())
+            for event in self.cluster.update(site_healthy, site_total, now):
+                level = logging.WARNING if event["event"] == "cluster.degraded" else logging.INFO
+                log.log(level, "%s", describe(event))
+                events.append(event)
         if self.dispatcher is not None:
             for event in events:
                 self.dispatcher.dispatch(event)
