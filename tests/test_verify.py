@@ -213,7 +213,9 @@ def test_without_credentials_storage_checks_are_skipped_not_passed():
     probes = [Probe("10.0.0.1:8080", status=200, ms=2.0),
               Probe("10.0.0.2:8080", status=200, ms=2.0)]
     report = judge(probes, storage_checked=False, write_checked=False)
-    assert report.passed  # only what was checked can fail
+    assert report.passed  # only what was checked can fail...
+    assert (report.result, report.exit_status) == ("INCOMPLETE", 3)  # ...but it is no pass
+    assert report.to_dict()["result"] == "incomplete"
     assert outcomes(report, "10.0.0.1:8080") == {
         "reachable": PASS, "location": SKIP, "transaction": SKIP, "write": SKIP}
     assert report.to_dict()["storage_checks"] == "skipped"
@@ -361,8 +363,9 @@ def test_a_client_with_its_own_filestorage_fails_by_name(cli, zope_cluster):  # 
 @pytest.mark.zope
 def test_without_credentials_only_reachability_is_checked(cli, zope_cluster):  # noqa: F811
     status, out, _ = cli(*zope_cluster.addresses, zope_cluster.loners[0].address)
-    assert status == 0, out  # the loner would fail the storage checks, which were not made
+    assert status == 3, out  # the loner would fail the storage checks, which were not made
     assert "note: storage checks skipped" in out
+    assert "result: INCOMPLETE: 3 of 3 clients passed every check made" in out
     assert out.count("(skipped)") == 9
 
 

@@ -21,8 +21,9 @@ records what each client said, as a :class:`Probe`; :func:`judge` turns
 probes into a :class:`Report` with a pass/fail/skip per check and a reason
 for each failure, without I/O, so every verdict is unit tested.  Storage
 checks need a Manager login; without one they are *skipped*, not passed,
-and only what was checked can fail: ``zope-lb verify`` then exits 0 when
-every client answered, and says the storage was not compared.
+and only what was checked can fail. ``zope-lb verify`` exits 0 only when
+every check passed; without credentials, when every client answered, it
+says the storage was not compared and exits 3 (incomplete), not 0.
 
 The transaction comparison tolerates a live site: a client that answered a
 moment later may list newer transactions, so two clients agree when either
@@ -149,6 +150,20 @@ class Report:
     def passed(self) -> bool:
         return all(c.passed for c in self.clients)
 
+    @property
+    def result(self) -> str:
+        """PASS, FAIL, or INCOMPLETE: nothing failed, but the storage checks,
+        without which the clients cannot be said to share one ZODB, were skipped."""
+        if not self.passed:
+            return FAIL.upper()
+        return "PASS" if self.storage_checked else "INCOMPLETE"
+
+    @property
+    def exit_status(self) -> int:
+        """0 only when every check passed (the write check counts when asked
+        for); 1 when one failed; 3 when the storage checks were skipped."""
+        return {"PASS": 0, "FAIL": 1, "INCOMPLETE": 3}[self.result]
+
     def to_dict(self) -> dict[str, Any]:
         """The report for ``--json`` and the admin page."""
         clients = []
@@ -173,6 +188,7 @@ class Report:
             })
         return {
             "passed": self.passed,
+            "result": self.result.lower(),
             "storage_checks": "checked" if self.storage_checked else "skipped",
             "write_check": "checked" if self.write_checked else "skipped",
             "notes": list(self.notes),
@@ -443,7 +459,7 @@ def render_table(report: Report) -> str:
         lines.append(f"note: {note}")
     failed = sum(not c.passed for c in report.clients)
     total = len(report.clients)
-    lines.append(f"result: {'PASS' if report.passed else 'FAIL'}: "
+    lines.append(f"result: {report.result}: "
                  f"{total - failed} of {total} clients passed every check made")
     return "\n".join(lines)
 
@@ -711,7 +727,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: every check made passed; 1: a check failed; 2: bad arguments or ini."""
+    """0: every check passed; 1: a check failed; 2: bad arguments or ini;
+    3: nothing failed, but the storage checks were skipped (no credentials)."""
     try:
         addresses = _addresses(args.targets)
         report = verify_cluster(addresses, user=args.user, write_check=args.write_check,
@@ -728,4 +745,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(render_table(report))
-    return 0 if report.passed else 1
+    return report.exit_status

@@ -365,9 +365,10 @@ def verify_report(report: Mapping[str, Any]) -> str:
     clients = report.get("clients") or ()
     failed = sum(1 for c in clients if c.get("verdict") != "pass")
     total = len(clients)
-    verdict = "PASS" if report.get("passed") else "FAIL"
+    verdict = str(report.get("result") or ("pass" if report.get("passed") else "fail")).upper()
+    kind = {"PASS": "ok", "FAIL": "error"}.get(verdict, "warn")
     summary = notice(f"<strong>{verdict}</strong>: {total - failed} of {total} clients "
-                     "passed every check made.", "ok" if report.get("passed") else "error")
+                     "passed every check made.", kind)
     rows = []
     for client in clients:
         cells = _report_cells(client)
@@ -456,6 +457,7 @@ h1{font-size:1.4rem;margin:.2rem 0 .8rem}
 .notice{padding:.6rem .8rem;border-radius:4px;margin:.8rem 0;border:1px solid}
 .notice.ok{border-color:var(--ok);background:#eaf6ee}
 .notice.error{border-color:var(--bad);background:#fdecea}
+.notice.warn{border-color:var(--warn);background:#fdf6e3}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{padding:.4rem .5rem;border-bottom:1px solid var(--line);text-align:left;
 vertical-align:top}
