@@ -197,6 +197,7 @@ def run_chaos(method: str, tmp_path, threads: int = 8, per_thread: int = 300):
                          "timeout.read": "5s", "queue.timeout": "10s"})
     front = ServerThread(lb, threads=32).start()
     outcomes: dict[str, int] = {}
+    both_down_after: list[int] = []  # requests answered when two were down together
     lock = threading.Lock()
     done = threading.Event()
 
@@ -214,13 +215,19 @@ def run_chaos(method: str, tmp_path, threads: int = 8, per_thread: int = 300):
                 outcomes[request_id] = status
 
     def chaos() -> None:
-        # two of the three backends killed and restarted during the run, overlapping
-        for index in (0, 1, 0, 2, 1):
+        # two of the three backends down at the same time, twice (different
+        # pairs), each pair stopped one after the other and then restarted
+        for first, second in ((0, 1), (1, 2)):
             if done.wait(0.3):
                 return
-            servers[index].stop()
+            servers[first].stop()
+            done.wait(0.15)
+            servers[second].stop()
+            with lock:
+                both_down_after.append(len(outcomes))
             done.wait(0.3)
-            servers[index].start()
+            servers[first].start()
+            servers[second].start()
 
     workers = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
     monkey = threading.Thread(target=chaos)
@@ -238,6 +245,9 @@ def run_chaos(method: str, tmp_path, threads: int = 8, per_thread: int = 300):
         lb.close()
         for server in servers:
             server.stop()
+    # the chaos happened while the clients were still sending requests
+    assert len(both_down_after) == 2, both_down_after
+    assert all(0 < n < threads * per_thread for n in both_down_after), both_down_after
     return outcomes, servers
 
 
