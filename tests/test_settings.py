@@ -296,6 +296,43 @@ def test_defaults() -> None:
     assert result.passive_cooldown == 10.0
 
 
+def test_defaults_the_issues_name() -> None:
+    """The defaults issues 3 to 6 give, checked against their own text."""
+    result = parse_settings({"backends": "a:80\nb:80"})
+    assert (result.queue_size, result.queue_timeout) == (256, 30.0)
+    assert result.hash_load_factor == 1.25
+    assert result.health_path == "/" and result.health_method == "GET"
+    assert (result.health_interval, result.health_timeout) == (5.0, 2.0)
+    assert (result.health_rise, result.health_fall) == (2, 3)
+    assert result.notify_min_healthy == 1
+    assert result.admin_path == "/__zope_lb__"
+
+
+@pytest.mark.parametrize(("values", "key", "rule"), [
+    ({"pool.zmi.backends": "z:1"}, "pool.zmi.match", "is required for a named pool"),
+    ({"pool.zmi.match": "path:/manage*"}, "pool.zmi.backends", "is required for a named pool"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "path:/x", "pool.zmi.weight": "2"},
+     "pool.zmi.weight", "unknown pool key"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "url:/manage"},
+     "pool.zmi.match", "is not a rule; write path:/prefix"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "path:manage"},
+     "pool.zmi.match", "a path rule starts with '/'"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "method:post"},
+     "pool.zmi.match", "methods are upper-case names"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "header:X(Bad)"},
+     "pool.zmi.match", "is not a header name"),
+    ({"pool.zmi.backends": "z:1", "pool.zmi.match": "cookie:"},
+     "pool.zmi.match", "needs an argument"),
+    ({"pool.zmi.backends": "http://z:1", "pool.zmi.match": "path:/manage"},
+     "pool.zmi.backends", "drop the 'http://'"),
+])
+def test_bad_pool_refused_at_start_up_naming_key_and_rule(values, key, rule) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"backends": "a:80\nb:80", **values})
+    assert caught.value.key == key
+    assert rule in str(caught.value)
+
+
 def test_settings_defaults_agree_with_the_options_table() -> None:
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     # named pools come from pool.NAME.* keys, not from one option
