@@ -395,3 +395,15 @@ def test_registry_holds_balancers_weakly():
     assert names.names() == ["main"]
     del thing
     assert names.get("main") is None
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "203.0.113.7"])
+def test_the_health_endpoint_stays_public_when_the_admin_is_locked(lb, peer):
+    """With admin.users set, the monitor still reads the health endpoint with no
+    login and from outside admin.allow, while the admin pages refuse it."""
+    app = TestApp(lb, extra_environ={"REMOTE_ADDR": peer})
+    health = app.get(f"{ADMIN}/health")
+    assert health.json["status"] == "ok" and health.json["total"] == 2
+    assert "admin" not in health.text and PASSWORD not in health.text
+    app.get(f"{ADMIN}/", status=401 if peer == "127.0.0.1" else 403)
+    app.get(f"{ADMIN}/api/status", status=401 if peer == "127.0.0.1" else 403)
