@@ -99,6 +99,17 @@ def test_vhm_settings_rules():
         parse_settings({"backends": "a:1\nb:2", "vhm.root": "Plone"})
     with pytest.raises(ConfigError, match="health.auth"):
         parse_settings({"backends": "a:1\nb:2", "health.zeo": "true"})
+    with pytest.raises(ConfigError, match="vhm.prefix '/site': needs vhm.root or vhm.base"):
+        parse_settings({"backends": "a:1\nb:2", "vhm.prefix": "/site"})
+
+
+def test_vhm_base_alone_turns_rewriting_on_for_the_zope_root(backends):
+    lb = LoadBalancer([backends[0].address], health_interval=0, **{"vhm.base": "auto"})
+    try:
+        got = TestApp(lb).get("/foo", headers={"Host": "www.example.com"}).json
+    finally:
+        lb.close()
+    assert got["uri"] == "/VirtualHostBase/http/www.example.com:80/VirtualHostRoot/foo"
 
 
 def test_through_the_proxy_zope_sees_the_vhm_path_and_redirects_are_public(backends):

@@ -591,11 +591,13 @@ OPTIONS: tuple[Option, ...] = (
            "builds public URLs.", "(off)"),
     Option("vhm.base", as_vhm_base, "",
            "`auto` (scheme, host and port from the request and trusted "
-           "X-Forwarded-* headers) or a fixed `https://www.example.com`.",
+           "X-Forwarded-* headers) or a fixed `https://www.example.com`. Set "
+           "alone, it turns rewriting on for the Zope root.",
            "auto when `vhm.root` is set"),
     Option("vhm.prefix", as_optional_subpath, "",
            "Public sub-path the site lives under (`/site`): stripped from requests "
-           "and added as `_vh_` segments, so Zope's URLs keep it.", "(none)"),
+           "and added as `_vh_` segments, so Zope's URLs keep it. Needs `vhm.root` "
+           "or `vhm.base`.", "(none)"),
     Option("admin.path", as_path, "/__zope_lb__",
            "Where the admin pages, the JSON API and the metrics are mounted "
            "(the health endpoint stays public)."),
@@ -740,6 +742,9 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
     if settings.health_zeo and not settings.health_auth:
         raise ConfigError("health.zeo", "true",
                           "needs health.auth = user:password of a Zope Manager")
+    if settings.vhm_prefix and not (settings.vhm_root or settings.vhm_base):
+        raise ConfigError("vhm.prefix", settings.vhm_prefix,
+                          "needs vhm.root or vhm.base: without them no VHM path is built")
     if settings.health_method == "HEAD":
         log.warning(
             "health.method = HEAD: on Zope a first HEAD of an object writes to the "
