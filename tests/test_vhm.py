@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote_to_bytes
 
 import pytest
@@ -11,7 +12,7 @@ from servers import ScriptedServer
 from webtest import TestApp
 
 from zope_lb import ConfigError, LoadBalancer, parse_settings
-from zope_lb.headers import public_origin, rewrite_locations, vhm_target
+from zope_lb.headers import public_origin, rewrite_locations, upstream_target, vhm_target
 
 ORIGIN = ("https", "www.example.com", "443")
 
@@ -63,6 +64,40 @@ def test_public_origin_trusts_forwarded_headers_only_from_trusted_proxies():
     assert public_origin({"HTTP_HOST": "evil/../x", "SERVER_NAME": "lb"}) == ("http", "lb", "80")
     assert public_origin(environ, (), "https://www.example.org:8443") == (
         "https", "www.example.org", "8443")
+
+
+SEGMENT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#"),
+                  max_size=6)
+
+
+@given(st.lists(SEGMENT, max_size=4), st.sampled_from(["", "/site", "/café", "/a/ü"]),
+       st.booleans(), st.booleans())
+def test_a_browser_path_reaches_zope_once_and_intact(segments, prefix, under, lower_hex):
+    """The whole way: the request line a browser sends (non-ASCII as UTF-8
+    percent-escapes, '%' itself escaped), the WSGI environ waitress makes of it,
+    the upstream target, the VHM path. What Zope gets decodes to the very bytes
+    the browser meant, once; a prefix, ASCII or not, is found however the
+    browser spelled its escapes."""
+    if under:  # half the paths lie under the prefix (if any)
+        segments = [p for p in prefix.split("/") if p] + segments
+    raw = ("/" + "/".join(segments)).encode("utf-8")
+    uri = quote(raw, safe="/")
+    if lower_hex:
+        uri = "".join(part if i % 2 == 0 else part.lower()
+                      for i, part in enumerate(re.split(r"(%[0-9A-F]{2})", uri)))
+    environ = {"REQUEST_URI": uri, "PATH_INFO": unquote_to_bytes(uri).decode("latin-1"),
+               "SCRIPT_NAME": "", "QUERY_STRING": ""}
+    out = vhm_target(upstream_target(environ), ORIGIN, "/Plone", prefix)
+    assert out.isascii()
+    tail = out[len("/VirtualHostBase/https/www.example.com:443/Plone/VirtualHostRoot"):]
+    wanted = prefix.encode("utf-8")
+    if prefix and (raw == wanted or raw.startswith(wanted + b"/")):
+        vh = "".join(f"/_vh_{quote(p.encode())}" for p in prefix.split("/") if p)
+        assert tail.startswith(vh)
+        tail, expected = tail[len(vh):], raw[len(wanted):] or b"/"
+    else:
+        expected = raw
+    assert unquote_to_bytes(tail) == expected
 
 
 def test_rewrite_locations():

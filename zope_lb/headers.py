@@ -246,13 +246,27 @@ def vhm_target(target: str, origin: tuple[str, str, str], root: str = "",
     """
     path, sep, query = target.partition("?")
     vh = ""
-    if prefix and (path == prefix or path.startswith(prefix + "/")):
-        path = path[len(prefix):] or "/"
-        vh = "".join(f"/_vh_{segment}" for segment in prefix.split("/") if segment)
+    if prefix:
+        wanted, vh_segments = _prefix_segments(prefix)
+        segments = path.split("/")  # ["", "site", "foo"]
+        count = len(wanted)
+        # segment by segment, compared decoded: /caf%C3%A9, /caf%c3%a9 and a
+        # prefix written /café in the ini are the same path
+        if len(segments) > count and all(
+                unquote_to_bytes(segments[i + 1]) == wanted[i] for i in range(count)):
+            path = "/" + "/".join(segments[count + 1:])
+            vh = vh_segments
     scheme, host, port = origin
     root = root.rstrip("/")  # "/" is the Zope root
     rewritten = f"/VirtualHostBase/{scheme}/{host}:{port}{root}/VirtualHostRoot{vh}{path}"
     return f"{rewritten}?{query}" if sep else rewritten
+
+
+@lru_cache(maxsize=16)
+def _prefix_segments(prefix: str) -> tuple[tuple[bytes, ...], str]:
+    """``vhm.prefix``'s segments as bytes, and its ``/_vh_...`` form (ASCII)."""
+    wanted = tuple(unquote_to_bytes(part) for part in prefix.split("/") if part)
+    return wanted, "".join(f"/_vh_{quote(part, safe=_PATH_SAFE)}" for part in wanted)
 
 
 LOCATION_HEADERS = frozenset({"location", "content-location", "refresh"})
