@@ -239,3 +239,90 @@ def test_plugins_are_gone_with_their_distribution(plugin: str) -> None:
     assert "plugin_first" not in known_strategies()
     with pytest.raises(ConfigError):
         parse_settings({"backends": "a:80\nb:80", "strategy": "plugin_first"})
+
+
+# -- behaviours named in the issue, one by one ----------------------------------------
+
+
+def test_least_connections_breaks_ties_round_robin() -> None:
+    lc = make_strategy("least_connections")
+    candidates = backends(1, 1, 1)  # all idle: a tie every time
+    assert "".join(lc.pick(candidates, {}).id for _ in range(6)) in ("abcabc", "bcabca", "cabcab")
+
+
+def test_least_connections_weighs_active_requests() -> None:
+    a, b = backends(3, 1)
+    a.active, b.active = 2, 1  # 2/3 < 1/1: the heavier one is less loaded
+    assert make_strategy("least_connections").pick([a, b], {}) is a
+
+
+def test_random_two_follows_the_weights() -> None:
+    import random
+
+    rt = strategies.RandomTwo(rng=random.Random(7))
+    candidates = backends(4, 1)  # always idle: the first of the two drawn wins ties
+    seen = Counter(rt.pick(candidates, {}).id for _ in range(4000))
+    assert 0.70 < seen["a"] / 4000 < 0.95  # far from an even split
+
+
+def test_first_moves_on_when_the_first_is_full() -> None:
+    a, b, c = backends(1, 1, 1)
+    for backend in (a, b, c):
+        backend.maxconn = 2
+    first = make_strategy("first")
+    assert first.pick([a, b, c], {}) is a
+    a.active = 2
+    assert first.pick([a, b, c], {}) is b
+    b.active = 2
+    assert first.pick([a, b, c], {}) is c
+    c.active = 2
+    assert first.pick([a, b, c], {}) is None
+
+
+def test_source_ip_behind_a_trusted_proxy_uses_the_client_address() -> None:
+    settings = parse_settings({"backends": "a:1\nb:2\nc:3\nd:4",
+                               "forwarded.trusted": "10.0.0.0/8"})
+    sip = make_strategy("source_ip", settings)
+    candidates = backends(1, 1, 1, 1)
+
+    def pick(remote: str, forwarded: str | None = None) -> str:
+        env = {"REMOTE_ADDR": remote}
+        if forwarded:
+            env["HTTP_X_FORWARDED_FOR"] = forwarded
+        return sip.pick(candidates, env).id
+
+    clients = [f"198.51.100.{i}" for i in range(1, 41)]
+    via_proxy = [pick("10.0.0.5", client) for client in clients]
+    direct = [pick(client) for client in clients]
+    assert via_proxy == direct  # the client behind the proxy, not the proxy
+    assert len(set(via_proxy)) > 1  # so the clients are spread, not all on one
+    # an untrusted peer cannot choose its backend by forging X-Forwarded-For
+    assert {pick("203.0.113.9", client) for client in clients} == {pick("203.0.113.9")}
+
+
+@pytest.mark.parametrize("name", ["least_connections", "random_two", "source_ip", "uri_hash",
+                                  "first"])
+def test_every_builtin_strategy_is_safe_to_share_between_threads(name) -> None:
+    strategy = make_strategy(name, parse_settings({"backends": "a:1\nb:2"}))
+    candidates = backends(3, 1, 2)
+    for backend in candidates:
+        backend.maxconn = 1000
+    errors: list[BaseException] = []
+    picked: list[str] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(1500):
+                env = {"REMOTE_ADDR": f"192.0.2.{i % 200}", "PATH_INFO": f"/p{i % 50}"}
+                backend = strategy.pick(candidates, env)
+                picked.append(backend.id)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and len(picked) == 8 * 1500
+    assert set(picked) <= {"a", "b", "c"}
