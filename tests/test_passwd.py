@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -112,3 +114,18 @@ def test_python_m_zope_lb_passwd_reads_a_pipe():
     name, _, hashed = done.stdout.strip().partition(":")
     assert name == "ops@site" and verify_password("from a pipe", hashed)
     assert "from a pipe" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_zope_lb_passwd_command_as_installed():
+    """The console script, as an operator types it (piped here)."""
+
+    script = shutil.which("zope-lb", path=os.path.dirname(sys.executable)) or shutil.which(
+        "zope-lb")
+    assert script, "the zope-lb console script is installed with the package"
+    result = subprocess.run([script, "passwd", "editor"], input="pw with spaces\n",
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    name, _, hashed = result.stdout.strip().partition(":")
+    assert name == "editor" and verify_password("pw with spaces", hashed)
+    assert "pw with spaces" not in result.stdout + result.stderr
