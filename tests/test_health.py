@@ -106,6 +106,48 @@ def test_passive_detection_marks_down_at_once(balancers):
         healthy.stop()
 
 
+@pytest.mark.parametrize(("passive_status", "answer", "counts"), [
+    ("500", b"500 Internal Server Error", True),  # named: counts
+    ("500", b"503 Service Unavailable", False),  # not named any more: an answer like any
+])
+def test_passive_status_says_which_answers_count_as_failures(balancers, passive_status,
+                                                            answer, counts):
+    sick = ScriptedServer(lambda head, i: (
+        b"HTTP/1.1 " + answer + b"\r\nContent-Length: 4\r\nContent-Type: text/plain"
+        b"\r\n\r\nsick"))
+    healthy = ServerThread(routes("ok")).start()
+    try:
+        lb = balancers([sick.address, healthy.address], health_interval=0,
+                       **{"passive.fall": 2, "passive.cooldown": 60,
+                          "passive.status": passive_status})
+        app = TestApp(lb)
+        for _ in range(6):
+            app.get("/x", status="*")
+        assert (lb.pool.backends[0].state is State.DOWN) is counts
+    finally:
+        sick.stop()
+        healthy.stop()
+
+
+def test_read_timeouts_mark_a_backend_down_at_once(balancers):
+    """A client that takes the request and never answers (a Zope whose ZEO is
+    gone): passive.fall timeouts in a row take it out before any probe."""
+    hung = ScriptedServer(lambda head, i: time.sleep(1) or None)
+    try:
+        lb = balancers([hung.address], health_interval=0,
+                       **{"passive.fall": 2, "passive.cooldown": 60, "timeout.read": "0.3s",
+                          "retries": 0})
+        app = TestApp(lb)
+        first = app.post("/x", b"a=1", status="*")  # not retried: its own error
+        assert first.status_int == 504
+        app.post("/x", b"a=1", status="*")
+        assert lb.pool.backends[0].state is State.DOWN
+        assert "2 failed requests in a row" in lb.pool.backends[0].reason
+        assert "0.3" in lb.pool.backends[0].reason
+    finally:
+        hung.stop()
+
+
 def test_sent_get_is_retried_elsewhere_but_a_sent_post_is_not(balancers):
     """A backend that takes the request and closes without answering."""
     dropper = ScriptedServer(lambda head, i: None)
