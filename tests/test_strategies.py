@@ -326,3 +326,47 @@ def test_every_builtin_strategy_is_safe_to_share_between_threads(name) -> None:
         thread.join(30)
     assert errors == [] and len(picked) == 8 * 1500
     assert set(picked) <= {"a", "b", "c"}
+
+
+def test_the_readme_example_is_a_working_plugin(tmp_path: Path, monkeypatch) -> None:
+    """The README's example strategy, copied from the README, installed as a
+    plugin, selected by name, balancing real requests."""
+    import re as re_module
+
+    from apps import routes
+    from servers import ServerThread
+    from webtest import TestApp
+
+    from zope_lb import LoadBalancer
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (source,) = re_module.findall(r"```python\n# my_package/balancing\.py\n(.*?)```", readme,
+                                  re_module.S)
+    package = tmp_path / "my_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "balancing.py").write_text(source)
+    dist = tmp_path / "my_package-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[zope_lb.strategies]\nmy_strategy = my_package.balancing:MyStrategy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategies._plugins.cache_clear()
+    servers = [ServerThread(routes(f"b{i}")).start() for i in range(2)]
+    lb = LoadBalancer([f"{s.address} id=client{i}" for i, s in enumerate(servers)],
+                      strategy="my_strategy", health_interval=0)
+    try:
+        app = TestApp(lb)
+        plain = {app.get("/echo").headers["X-Backend"] for _ in range(4)}
+        hinted = {app.get("/echo", headers={"X-Zope-Client": "client1"}).headers["X-Backend"]
+                  for _ in range(4)}
+        assert plain == {"b0", "b1"} and hinted == {"b1"}
+    finally:
+        lb.close()
+        for server in servers:
+            server.stop()
+        monkeypatch.undo()
+        sys.modules.pop("my_package.balancing", None)
+        sys.modules.pop("my_package", None)
+        strategies._plugins.cache_clear()
