@@ -424,3 +424,62 @@ def test_an_event_counts_its_own_pool_and_the_cluster_watch_follows_the_site():
         ]
     finally:
         lb.close()
+
+
+def test_the_checker_spreads_its_probes_and_never_spins():
+    """Probes of several backends start spread over one interval (so several
+    balancers do not probe in step), come about once per interval after that,
+    and the loop sleeps between rounds instead of spinning."""
+    import dataclasses
+    import random
+
+    lb = LoadBalancer([f"127.0.0.1:{port}" for port in (9, 10, 11, 12)], health_interval=0)
+    settings = dataclasses.replace(lb.settings, health_interval=0.2)
+    calls: list[tuple[float, str]] = []
+
+    class Recording(HealthChecker):
+        def probe(self, backend):
+            calls.append((time.monotonic(), backend.id))
+            return True, "ok"
+
+    class CountingEvent(threading.Event):
+        waits = 0
+
+        def wait(self, timeout=None):
+            CountingEvent.waits += 1
+            return super().wait(timeout)
+
+    checker = Recording(lambda: lb.pool.backends, settings, rng=random.Random(1))
+    checker._stop = CountingEvent()
+    started = time.monotonic()
+    try:
+        checker.start()
+        time.sleep(1.3)
+    finally:
+        checker.close()
+        lb.close()
+    assert not checker.running
+    per_backend = Counter(backend for _, backend in calls)
+    assert len(per_backend) == 4 and all(3 <= n <= 8 for n in per_backend.values()), per_backend
+    firsts = sorted(min(t for t, b in calls if b == backend) - started for backend in per_backend)
+    assert firsts[-1] - firsts[0] > 0.02, firsts  # not all in step
+    assert CountingEvent.waits <= 2 * len(calls) + 4  # a sleep per round, no spinning
+
+
+@pytest.mark.slow
+def test_a_balancer_left_open_stops_its_checker_at_exit():
+    """An embedding app that never calls close(): the interpreter still exits at
+    once and cleanly, the checker stopped by the balancer's exit hook."""
+    code = ("import logging, time\n"
+            "logging.basicConfig(level=logging.WARNING)\n"
+            "from zope_lb import LoadBalancer\n"
+            "lb = LoadBalancer(['127.0.0.1:9', '127.0.0.1:10'], **{'health.interval': '0.1s'})\n"
+            "time.sleep(0.5)\n"
+            "print('running', lb.checker.running)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "running True"
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr
+    assert time.monotonic() - started < 15
