@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -98,7 +99,17 @@ def main() -> int:
     print(f"{'strategy':<28}{'same backend as last time':>27}{'max/mean load':>15}")
     for name, row in hit.items():
         print(f"{name:<28}{row['same_backend_share']:>26.1%}{row['max_over_mean']:>15.2f}")
-    return 0
+    # uri_hash's promise (bounded loads): no backend above load_factor x the mean
+    # (rounded up to whole requests, as the algorithm does)
+    bounds = {"uri_hash": 1.25, "uri_hash (load_factor 2.0)": 2.0}
+    kept = True
+    for name, factor in bounds.items():
+        ceiling = math.ceil(factor * 16 / 4) / (16 / 4)
+        ok = hit[name]["max_over_mean"] <= ceiling + 1e-9
+        kept &= ok
+        print(f"bound {name}: max/mean {hit[name]['max_over_mean']:.2f} <= {ceiling:.2f}: "
+              f"{'PASS' if ok else 'FAIL'}")
+    return 0 if kept else 1
 
 
 if __name__ == "__main__":
