@@ -154,3 +154,57 @@ def test_development_ini_loads():
     app = loadapp(f"config:{os.path.join(ROOT, 'development.ini')}")
     assert [b.address for b in app.pool.backends] == [
         "127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
+
+
+def write_ini_with_admin(tmp_path, backends, port: int, admin_port: int, line: str) -> str:
+    ini = tmp_path / "with-admin.ini"
+    lines = "\n    ".join(b.address for b in backends)
+    ini.write_text(f"[app:main]\nuse = egg:zope_lb\nbackends =\n    {lines}\n"
+                   f"admin.users = {line}\n\n"
+                   "[app:admin]\nuse = egg:zope_lb#admin\nbalancer = main\n\n"
+                   f"[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:{port}\n\n"
+                   f"[server:admin]\nuse = egg:waitress#main\nlisten = 127.0.0.1:{admin_port}\n")
+    return str(ini)
+
+
+@pytest.mark.slow
+def test_serve_also_runs_the_admin_on_a_port_of_its_own(tmp_path, backends):
+    from zope_lb.passwd import hash_password
+
+    port, admin_port = free_port(), free_port()
+    ini = write_ini_with_admin(tmp_path, backends[:2], port, admin_port,
+                               f"admin:{hash_password('pw')}")
+    seen = []
+
+    def ask_the_admin(proc) -> None:
+        http = urllib3.PoolManager(retries=False, timeout=5)
+        base = f"http://127.0.0.1:{admin_port}/__zope_lb__"
+        seen.append(http.request("GET", f"{base}/health").json())
+        status = http.request("GET", f"{base}/api/status",
+                              headers=urllib3.make_headers(basic_auth="admin:pw"))
+        seen.append((status.status, status.json()))
+        seen.append(http.request("GET", f"{base}/api/status").status)  # no login
+
+    run_and_query([sys.executable, "-m", "zope_lb.cli", "serve", ini, "--also", "admin"],
+                  port, backends[:2], ask_the_admin)
+    health, (code, status), anonymous = seen
+    assert health["total"] == 2 and health["status"] == "ok"
+    assert code == 200 and len(status["backends"]) == 2  # the balancer of this process
+    assert anonymous == 401
+
+
+@pytest.mark.slow
+def test_serve_stops_when_an_also_server_cannot_listen(tmp_path, backends):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        ini = write_ini_with_admin(tmp_path, backends[:2], free_port(),
+                                   taken.getsockname()[1], "")
+        result = subprocess.run(
+            [sys.executable, "-m", "zope_lb.cli", "serve", ini, "--also", "admin"],
+            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "[server:admin] cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,13 +6,16 @@ print one line naming the key and the rule, never a traceback.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import configparser
 import logging
 import logging.config
 import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from .affinity import confine, parse_cpu
 from .errors import ConfigError
@@ -62,12 +65,20 @@ def serve(args: argparse.Namespace) -> int:
     try:
         app = loadapp(uri, name=args.app_name)
         server = loadserver(uri, name=args.server_name)
+        # more [app:NAME] + [server:NAME] pairs in this process: the admin
+        # (egg:zope_lb#admin) on a port of its own reaches the balancer here
+        also = [(name, loadapp(uri, name=name), loadserver(uri, name=name))
+                for name in args.also]
     except ConfigError as exc:
         print(f"zope-lb: configuration error in {args.ini}: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:
         print(f"zope-lb: {args.ini}: {exc}", file=sys.stderr)
         return 2
+    failed: list[str] = []
+    for name, extra_app, extra_server in also:
+        threading.Thread(target=_serve_also, args=(name, extra_server, extra_app, failed),
+                         name=f"zope-lb-{name}", daemon=True).start()
     stop_reloading = reload_on_sighup(app, uri, args.app_name)
     try:
         server(app)
@@ -81,7 +92,20 @@ def serve(args: argparse.Namespace) -> int:
         close = getattr(app, "close", None)
         if close is not None:
             close()
+    if failed:
+        print(f"zope-lb: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _serve_also(name: str, server: Any, app: Any, failed: list[str]) -> None:
+    """One of the ``--also`` servers, in its own thread; it ends with the process.
+    One that cannot listen stops the whole process, as the main one would."""
+    try:
+        server(app)
+    except OSError as exc:
+        failed.append(f"[server:{name}] cannot listen: {exc}")
+        _thread.interrupt_main()
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -101,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app-name", default="main", help="[app:NAME] to load (default main)")
     p.add_argument("--server-name", default="main",
                    help="[server:NAME] to use (default main)")
+    p.add_argument("--also", action="append", default=[], metavar="NAME",
+                   help="also serve [app:NAME] with [server:NAME] in this process, e.g. "
+                        "the admin (egg:zope_lb#admin) on a port of its own; repeatable")
     p.add_argument("--cpu", default="auto", metavar="auto|all|N",
                    help="CPU core to run on: auto (one of those allowed, the default; "
                         "Python threads spread over cores cost 2-3x the CPU), all, or N")
