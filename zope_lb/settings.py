@@ -569,8 +569,9 @@ OPTIONS: tuple[Option, ...] = (
            "Where the balancer answers its own health as JSON (200 while a backend "
            "is up, 503 when none is), for the monitor that watches it."),
     Option("slowstart", as_duration_or_zero, 0.0,
-           "Seconds over which a recovered backend's weight ramps up to full, so a "
-           "cold Zope client (empty object cache) is not flooded; `0`: off.", "0 (off)"),
+           "Seconds over which a recovered backend's weight ramps up to full, starting "
+           "at 5 % (0 would mean no requests at all), so a cold Zope client (empty "
+           "object cache) is not flooded; `0`: off.", "0 (off)"),
     Option("passive.fall", as_positive, 3,
            "Failed requests in a row (connect errors, timeouts, broken connections, "
            "`passive.status` answers) after which a backend is marked down at once."),
