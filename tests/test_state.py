@@ -192,6 +192,37 @@ def test_another_balancer_follows_the_file_and_does_not_write_back(pair, backend
     assert b.pool.backends[0].state.value == "up"
 
 
+def test_edits_in_two_processes_between_polls_are_both_kept(pair):
+    """B saves before it has seen A's edit: A's edit is kept, not overwritten by
+    B's older view, and B takes it on while saving its own."""
+    (a, state_a), (b, state_b) = pair[0]
+    path = pair[2]
+    a.apply({"timeout.read": "7"})
+    a.backend_action("c1", "disable")
+    state_a.save()
+    b.apply({"retries": "1"})  # B has not polled since A saved
+    saved = read_json(path)
+    assert saved["options"] == {"timeout.read": "7", "retries": "1"}
+    assert saved["backends"] == {"c1": "disabled"}
+    assert b.settings.timeout_read == 7 and b.settings.retries == 1
+    assert [x.state.value for x in b.pool.backends] == ["up", "disabled"]
+    assert state_a.poll() is True and a.settings.retries == 1
+    # and a key both changed: the later save wins, whole
+    b.apply({"timeout.read": "9"})
+    a.apply({"timeout.read": "8"})
+    assert read_json(path)["options"]["timeout.read"] == "8"
+    assert state_b.poll() is True and b.settings.timeout_read == 8
+
+
+def test_three_way_merge_keeps_each_sides_own_changes():
+    from zope_lb.state import three_way
+
+    before = {"a": "1", "b": "1", "gone": "x"}
+    mine = {"a": "2", "b": "1", "gone": "x", "new": "m"}
+    theirs = {"a": "1", "b": "3", "theirs": "t"}  # they removed "gone"
+    assert three_way(before, mine, theirs) == {"a": "2", "b": "3", "new": "m", "theirs": "t"}
+
+
 def test_deleting_the_file_returns_to_the_ini(pair):
     (a, state_a), (b, state_b) = pair[0]
     a.apply({"strategy": "round_robin"})

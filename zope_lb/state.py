@@ -239,7 +239,44 @@ def admin_states(pools: Any) -> dict[str, str]:
     return states
 
 
+_ABSENT = object()
+
+
+def three_way(before: Mapping[str, Any], mine: Mapping[str, Any],
+              theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """Per key: mine where I changed it since ``before``, else theirs (a key
+    missing from a side is a value too: removed, or back to the ini)."""
+    merged: dict[str, Any] = {}
+    for key in {*before, *mine, *theirs}:
+        base, own = before.get(key, _ABSENT), mine.get(key, _ABSENT)
+        value = own if own != base else theirs.get(key, _ABSENT)
+        if value is not _ABSENT:
+            merged[key] = value
+    return merged
+
+
 # -- I/O --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str) -> Iterator[None]:
+    """An exclusive lock between processes saving beside ``path``: flock on its
+    directory (no lock file to leave behind). Where there is no flock, none."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -350,15 +387,29 @@ class StateFile:
         self.save()
 
     def save(self) -> bool:
-        """Write this process's runtime changes; False if not written (logged)."""
+        """Write this process's runtime changes; False if not written (logged).
+
+        Another process may have saved since this one last read the file (it
+        polls every ``poll_interval``). Its edits are kept: per option and per
+        backend, this process's value where it changed it since, the file's
+        otherwise (a three-way merge), and this process then runs the merged
+        result. Read, merge and write happen under a lock on the directory."""
         if getattr(self._local, "quiet", False):
             return False
-        with self._lock:
+        with self._lock, _directory_lock(self.path):
             options, ini = changes(self._base, self.balancer.current_options())
-            serial = max(self.serial, self._file_serial()) + 1
+            backends = admin_states(self.balancer.pools)
+            current, theirs = self._read_for_merge()
+            merged = False
+            if theirs is not None and current != self._seen:
+                merged = True
+                before = self._parsed(self._seen)
+                options = three_way(before.options, options, theirs.options)
+                ini = {k: ini[k] if k in ini else theirs.ini.get(k) for k in options}
+                backends = three_way(before.backends, backends, theirs.backends)
+            serial = max(self.serial, theirs.serial if theirs is not None else 0) + 1
             document = {
-                "version": VERSION, "options": options, "ini": ini,
-                "backends": admin_states(self.balancer.pools),
+                "version": VERSION, "options": options, "ini": ini, "backends": backends,
                 "written_by": os.getpid(), "serial": serial,
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             }
@@ -370,14 +421,28 @@ class StateFile:
                 return False
             self._seen = data
             self.serial = serial
+            if merged:
+                try:
+                    self._apply(data)  # take the other process's edits on, too
+                except ConfigError as exc:
+                    log.error("%s: the edits merged from another process were saved but "
+                              "not applied here: %s", self.path, exc)
         return True
 
-    def _file_serial(self) -> int:
+    def _read_for_merge(self) -> tuple[bytes | None, Saved | None]:
+        """The file as it is now, and parsed (None if missing or unusable: an
+        invalid file is replaced whole, as before)."""
         try:
             data = read_bytes(self.path)
-            return parse_state(data, self.path).serial if data is not None else 0
+            return data, (parse_state(data, self.path) if data is not None else None)
         except (OSError, ConfigError):
-            return 0
+            return None, None
+
+    def _parsed(self, data: bytes | None) -> Saved:
+        try:
+            return parse_state(data, self.path) if data is not None else Saved()
+        except ConfigError:
+            return Saved()
 
     # -- reading ------------------------------------------------------------------------
 
