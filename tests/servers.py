@@ -10,6 +10,8 @@ from typing import Any
 import waitress.server
 import waitress.wasyncore
 
+from zope_lb.settings import url_host
+
 
 class ServerThread:
     """A waitress server in a thread. ``stop()`` closes every connection,
@@ -27,8 +29,7 @@ class ServerThread:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{url_host(self.host)}:{self.port}"
 
     @property
     def url(self) -> str:

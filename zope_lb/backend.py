@@ -25,7 +25,6 @@ from typing import Any
 from urllib3 import HTTPConnectionPool, Timeout
 from urllib3.connection import HTTPConnection
 
-from .headers import url_host
 from .settings import BackendSpec, Settings
 from .stats import BackendStats
 
@@ -117,7 +116,7 @@ class Backend:
         self.spec = spec
         self.id = spec.id
         self.address = spec.address
-        self.url_host = url_host(spec.address)
+        self.url_host = spec.url_host  # a cheap first test for rewrite_locations
         self.base_weight = spec.weight
         self.backup = spec.backup
         self.maxconn = maxconn

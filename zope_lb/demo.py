@@ -33,6 +33,7 @@ from typing import Any
 
 from zope_lb.demo_backend import init_db
 from zope_lb.errors import ConfigError
+from zope_lb.settings import url_host
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
         raise DemoError(_bind_message(lb_host, lb_port, exc)) from None
     stack.callback(server.close)
 
-    _print_banner(f"http://{_url_host(lb_host)}:{lb_port}/", source, db, clients)
+    _print_banner(f"http://{url_host(lb_host)}:{lb_port}/", source, db, clients)
     server.run()  # waitress itself catches KeyboardInterrupt and returns
 
 
@@ -238,10 +239,6 @@ def _int(value: str | None, default: Any) -> Any:
         return int(value) if value is not None else default
     except ValueError:
         return default
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _bind_message(host: str, port: int, exc: OSError) -> str:

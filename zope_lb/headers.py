@@ -291,12 +291,6 @@ def rewrite_locations(items: list[tuple[str, str]], backend_address: str,
     return out
 
 
-def url_host(backend_address: str) -> str:
-    """The host part of ``host:port`` as it appears in a URL (IPv6 in brackets):
-    a cheap first test of whether a header value can name the backend."""
-    return backend_address.rsplit(":", 1)[0]
-
-
 @lru_cache(maxsize=256)
 def _own_url(backend_address: str) -> re.Pattern[str]:
     host, port = backend_address.rsplit(":", 1)

@@ -427,8 +427,8 @@ class Proxy:
               chunked: bool) -> tuple[Any, bytes, Callable[[], None] | None]:
         """Send the request; return the response, its first body chunk, and what
         to call when it is closed."""
-        retriable = method in IDEMPOTENT and body is None
-        REUSE.retriable = retriable  # skip the liveness poll: we would send it again
+        # skip urllib3's liveness poll for a request we would send again anyway
+        REUSE.retriable = method in IDEMPOTENT and body is None
         try:
             response = self._urlopen(backend.pool, backend, method, target, headers,
                                      body, chunked)

@@ -293,6 +293,11 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def url_host(host: str) -> str:
+    """A host as it is written in a URL or ``host:port``: IPv6 in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """One validated backend line: where it is and how it takes part."""
@@ -305,10 +310,14 @@ class BackendSpec:
     id: str = ""
 
     @property
+    def url_host(self) -> str:
+        """The host as it appears in a URL: IPv6 in brackets."""
+        return url_host(self.host)
+
+    @property
     def address(self) -> str:
         """``host:port``, with IPv6 hosts in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{self.url_host}:{self.port}"
 
     @property
     def line(self) -> str:

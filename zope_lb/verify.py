@@ -155,7 +155,7 @@ class Report:
         """PASS, FAIL, or INCOMPLETE: nothing failed, but the storage checks,
         without which the clients cannot be said to share one ZODB, were skipped."""
         if not self.passed:
-            return FAIL.upper()
+            return "FAIL"
         return "PASS" if self.storage_checked else "INCOMPLETE"
 
     @property

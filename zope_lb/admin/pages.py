@@ -365,7 +365,7 @@ def verify_report(report: Mapping[str, Any]) -> str:
     clients = report.get("clients") or ()
     failed = sum(1 for c in clients if c.get("verdict") != "pass")
     total = len(clients)
-    verdict = str(report.get("result") or ("pass" if report.get("passed") else "fail")).upper()
+    verdict = str(report["result"]).upper()  # Report.to_dict(): pass, fail or incomplete
     kind = {"PASS": "ok", "FAIL": "error"}.get(verdict, "warn")
     summary = notice(f"<strong>{verdict}</strong>: {total - failed} of {total} clients "
                      "passed every check made.", kind)
