@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from apps import routes  # noqa: E402
-from servers import ServerThread  # noqa: E402
+from servers import ScriptedServer, ServerThread  # noqa: E402
 
 
 @pytest.fixture
@@ -26,6 +26,21 @@ def backend():
     server = ServerThread(routes("solo")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def scripted():
+    """``scripted(respond, **options)`` starts a ScriptedServer, stopped after the test."""
+    servers = []
+
+    def start(respond, **options):
+        server = ScriptedServer(respond, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from servers import free_port
-from test_paste import run_and_query, write_ini
+from test_paste import run_and_query, serve_once, write_ini
 
 from zope_lb import ConfigError
 from zope_lb.affinity import choose_cpu, confine, parse_cpu
@@ -83,9 +83,7 @@ def test_serve_keeps_every_thread_on_one_core_unless_told(tmp_path, backends, cp
 @pytest.mark.slow
 def test_serve_refuses_a_core_it_may_not_use(tmp_path):
     ini = write_ini(tmp_path, [], free_port())
-    result = subprocess.run(
-        [sys.executable, "-m", "zope_lb.cli", "serve", ini, "--cpu", "4096"],
-        capture_output=True, text=True, timeout=30)
+    result = serve_once(ini, "--cpu", "4096")
     assert result.returncode == 2
     assert "--cpu 4096: this process may only use cores" in result.stderr
     assert "Traceback" not in result.stderr

@@ -170,26 +170,23 @@ def test_sent_get_is_retried_elsewhere_but_a_sent_post_is_not(balancers):
         good.stop()
 
 
-def test_close_in_the_middle_of_a_round_ends_the_checker_quietly(backends):
+def test_close_in_the_middle_of_a_round_ends_the_checker_quietly(backends, balancers):
     """close(), from another thread, can land between the loop's check of the
     stop flag and its handing the round's probes to the executor that close()
     has just shut down: the loop must end there, not die with a traceback."""
-    lb = LoadBalancer([b.address for b in backends[:2]], **{"health.interval": 0})
-    try:
-        calls = 0
+    lb = balancers([b.address for b in backends[:2]], **{"health.interval": 0})
+    calls = 0
 
-        def listing():
-            nonlocal calls
-            calls += 1
-            if calls == 2:  # the round in which both backends are due
-                checker.close(timeout=0)
-            return lb.pool.backends
+    def listing():
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the round in which both backends are due
+            checker.close(timeout=0)
+        return lb.pool.backends
 
-        checker = HealthChecker(listing, lb.settings)
-        checker._run()  # in this thread, so an exception reaches the test
-        assert calls == 2
-    finally:
-        lb.close()
+    checker = HealthChecker(listing, lb.settings)
+    checker._run()  # in this thread, so an exception reaches the test
+    assert calls == 2
 
 
 def test_timeout_on_the_only_backend_is_504_not_503(backend, balancers):
@@ -400,8 +397,8 @@ def test_close_leaves_no_thread_behind(backends):
                                    if t.name.startswith("zope_lb") and t.name not in before])
 
 
-def test_an_event_counts_its_own_pool_and_the_cluster_watch_follows_the_site():
-    lb = LoadBalancer(["127.0.0.1:9 id=web1", "127.0.0.1:10 id=web2"], health_interval=0,
+def test_an_event_counts_its_own_pool_and_the_cluster_watch_follows_the_site(balancers):
+    lb = balancers(["127.0.0.1:9 id=web1", "127.0.0.1:10 id=web2"], health_interval=0,
                       **{"pool.zmi.backends": "127.0.0.1:11 id=zmi1",
                          "pool.zmi.match": "path:*/manage*", "notify.min_healthy": 1})
     sent = []
@@ -414,26 +411,23 @@ def test_an_event_counts_its_own_pool_and_the_cluster_watch_follows_the_site():
             pass
 
     lb.dispatcher = Recorder()
-    try:
-        lb.backend_action("zmi1", "disable")
-        lb.backend_action("web1", "disable")
-        assert [(e["event"], e.get("backend"), e["healthy"], e["total"]) for e in sent] == [
-            ("backend.disabled", "zmi1", 0, 1),  # the zmi pool's own count
-            ("backend.disabled", "web1", 1, 2),
-            ("cluster.degraded", None, 1, 2),  # the site: the default pool
-        ]
-    finally:
-        lb.close()
+    lb.backend_action("zmi1", "disable")
+    lb.backend_action("web1", "disable")
+    assert [(e["event"], e.get("backend"), e["healthy"], e["total"]) for e in sent] == [
+        ("backend.disabled", "zmi1", 0, 1),  # the zmi pool's own count
+        ("backend.disabled", "web1", 1, 2),
+        ("cluster.degraded", None, 1, 2),  # the site: the default pool
+    ]
 
 
-def test_the_checker_spreads_its_probes_and_never_spins():
+def test_the_checker_spreads_its_probes_and_never_spins(balancers):
     """Probes of several backends start spread over one interval (so several
     balancers do not probe in step), come about once per interval after that,
     and the loop sleeps between rounds instead of spinning."""
     import dataclasses
     import random
 
-    lb = LoadBalancer([f"127.0.0.1:{port}" for port in (9, 10, 11, 12)], health_interval=0)
+    lb = balancers([f"127.0.0.1:{port}" for port in (9, 10, 11, 12)], health_interval=0)
     settings = dataclasses.replace(lb.settings, health_interval=0.2)
     calls: list[tuple[float, str]] = []
 
@@ -457,7 +451,6 @@ def test_the_checker_spreads_its_probes_and_never_spins():
         time.sleep(1.3)
     finally:
         checker.close()
-        lb.close()
     assert not checker.running
     per_backend = Counter(backend for _, backend in calls)
     assert len(per_backend) == 4 and all(3 <= n <= 8 for n in per_backend.values()), per_backend

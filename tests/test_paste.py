@@ -92,6 +92,12 @@ def write_ini(tmp_path, backends, port: int) -> str:
     return str(ini)
 
 
+def serve_once(*args: str) -> subprocess.CompletedProcess:
+    """``zope-lb serve ARGS`` run to its end: for the ways it refuses to start."""
+    return subprocess.run([sys.executable, "-m", "zope_lb.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
 def run_and_query(command: list[str], port: int, backends,
                   while_running: Callable[[subprocess.Popen], None] | None = None) -> None:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -134,8 +140,7 @@ def test_zope_lb_serve_refuses_bad_config_in_one_line(tmp_path):
     ini = tmp_path / "bad.ini"
     ini.write_text("[app:main]\nuse = egg:zope_lb\nbackends = 127.0.0.1\n"
                    "[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:0\n")
-    result = subprocess.run([sys.executable, "-m", "zope_lb.cli", "serve", str(ini)],
-                            capture_output=True, text=True, timeout=30)
+    result = serve_once(str(ini))
     assert result.returncode == 2
     assert "backends line 1 '127.0.0.1': always include the port number" in result.stderr
     assert "Traceback" not in result.stderr
@@ -202,9 +207,7 @@ def test_serve_stops_when_an_also_server_cannot_listen(tmp_path, backends):
         taken.listen(1)
         ini = write_ini_with_admin(tmp_path, backends[:2], free_port(),
                                    taken.getsockname()[1], "")
-        result = subprocess.run(
-            [sys.executable, "-m", "zope_lb.cli", "serve", ini, "--also", "admin"],
-            capture_output=True, text=True, timeout=30)
+        result = serve_once(ini, "--also", "admin")
     assert result.returncode == 1
     assert "[server:admin] cannot listen" in result.stderr
     assert "Traceback" not in result.stderr

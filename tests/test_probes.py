@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from servers import ScriptedServer
 from test_verify import DB_ZEO
 
 from zope_lb.backend import Backend
@@ -18,19 +17,6 @@ from zope_lb.settings import parse_settings
 def answer(status: str, body: bytes = b"ok") -> bytes:
     return (f"HTTP/1.1 {status}\r\nContent-Type: text/html\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def start(respond):
-        servers.append(ScriptedServer(respond))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def checker_for(server, **options):

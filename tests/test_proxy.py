@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import urllib3
-from servers import ScriptedServer, ServerThread, wait_until
+from servers import ServerThread, wait_until
 from webtest import TestApp
 
 from zope_lb import LoadBalancer
@@ -75,20 +75,6 @@ def ok(body: bytes = b"ok", *headers: str) -> bytes:
     extra = "".join(f"{h}\r\n" for h in headers)
     return (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
             f"{extra}\r\n").encode() + body
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def start(respond, **options):
-        server = ScriptedServer(respond, **options)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def test_hop_by_hop_response_headers_dropped(scripted):
