@@ -276,6 +276,21 @@ def start_bare(procs: Procs, name: str, backends: list[str], threads: int, cpu: 
     return procs.start(name, argv, cpu=cpu)
 
 
+def start_ceiling(
+    procs: Procs, name: str, backends: list[str], threads: int, maxconn: int, cpu: int | None
+) -> Proc:
+    argv = [
+        PY,
+        str(HERE / "ceiling_loop.py"),
+        *backends,
+        "--threads",
+        str(threads),
+        "--maxconn",
+        str(maxconn),
+    ]
+    return procs.start(name, argv, cpu=cpu)
+
+
 def start_zope_lb(
     procs: Procs,
     name: str,

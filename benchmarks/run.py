@@ -27,7 +27,7 @@ from pathlib import Path
 
 import harness as h
 
-CONFIGS = ("direct", "bare", "zope_lb", "zope_lb_float", "haproxy")
+CONFIGS = ("direct", "ceiling", "bare", "zope_lb", "zope_lb_float", "haproxy")
 SCENARIOS = ("small", "zope")
 TARGET_CPU_RATIO = 1.10
 TARGET_RPS_RATIO = 0.95
@@ -152,6 +152,11 @@ def run_throughput(args, procs: h.Procs, pinned: bool, results: list, notes: lis
                         targets[cfg] = backends[scenario][0]
                     elif cfg == "bare":
                         targets[cfg] = h.start_bare(procs, name, addrs, args.threads, pcpu)
+                    elif cfg == "ceiling":
+                        limit = lb_options(args, scenario)["maxconn"]
+                        targets[cfg] = h.start_ceiling(
+                            procs, name, addrs, args.threads, limit, pcpu
+                        )
                     elif cfg in ("zope_lb", "zope_lb_float"):
                         if cfg == "zope_lb_float" and pinned:
                             continue  # pinned by taskset, it would be zope_lb again
@@ -288,7 +293,8 @@ def ratios(rows: list) -> list:
     out = []
     for scenario in SCENARIOS:
         for pin, cfg in (("pinned", "zope_lb"), ("unpinned", "zope_lb"),
-                         ("unpinned", "zope_lb_float")):
+                         ("unpinned", "zope_lb_float"), ("pinned", "ceiling"),
+                         ("unpinned", "ceiling")):
             lb = idx.get((scenario, pin, cfg))
             bare = idx.get((scenario, pin, "bare"))
             hap = idx.get((scenario, pin, "haproxy"))
@@ -439,6 +445,8 @@ def run_streaming(args, procs: h.Procs, notes: list) -> list:
                         )
                     elif cfg == "zope_lb_float":
                         continue  # memory does not depend on the cores
+                    elif cfg == "ceiling":
+                        continue  # GET only, holds whole answers: not a streamer
                     else:
                         proc = h.start_haproxy(procs, name, addrs, None)
                 except h.HarnessError as exc:
