@@ -211,6 +211,8 @@ class ResponseBody:
         self._first = b""
         yield first
         response = self._response
+        if response.isclosed():  # the first read had it all: no second trip to urllib3
+            return
         read1 = response.read1
         backend = self._backend
         try:
