@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 
 from urllib3 import HTTPConnectionPool, Timeout
 from urllib3.connection import HTTPConnection
+from urllib3.util import SKIP_HEADER
 
 from .settings import BackendSpec, Settings
 from .stats import BackendStats
@@ -37,6 +39,11 @@ class _Reuse(threading.local):
 
 #: Set by the proxy, per thread, just before it sends a request.
 REUSE = _Reuse()
+
+# http.client's own rules for a header line: a name without ':' or white space,
+# a value without a bare CR or LF (a folded continuation is let through).
+_LEGAL_NAME = re.compile(rb"[^:\s][^:\r\n]*").fullmatch
+_ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])").search
 
 
 class KeptAliveConnection(HTTPConnection):
@@ -55,6 +62,30 @@ class KeptAliveConnection(HTTPConnection):
         if REUSE.retriable and self.sock is not None:
             return True
         return bool(super().is_connected)
+
+    def putheader(self, header: str, *values: str) -> None:  # type: ignore[override]
+        """Buffer one header line, checked by http.client's rules, in one step.
+
+        urllib3 and http.client take about 3 µs a header between them (a
+        SKIP_HEADER scan, then encode and check each value in a list), and
+        every proxied request carries six or more. A single str value, which
+        is every header zope_lb sends, is encoded and checked here directly
+        and handed to http.client's ``_output``, where its own ``putheader``
+        puts it; anything else goes the long way. ``tests/test_connection.py``
+        holds the two ways to the same bytes and the same refusals.
+        """
+        if len(values) == 1 and type(header) is str:
+            value = values[0]
+            if type(value) is str and value != SKIP_HEADER:
+                name = header.encode("ascii")
+                if not _LEGAL_NAME(name):
+                    raise ValueError(f"Invalid header name {name!r}")
+                data = value.encode("latin-1")
+                if _ILLEGAL_VALUE(data):
+                    raise ValueError(f"Invalid header value {data!r}")
+                self._output(name + b": " + data)  # type: ignore[attr-defined]
+                return
+        super().putheader(header, *values)
 
 
 class BackendConnectionPool(HTTPConnectionPool):

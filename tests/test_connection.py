@@ -1,0 +1,62 @@
+"""``zope_lb.backend.KeptAliveConnection``: its short way of buffering a header
+line must write exactly what urllib3 and http.client would, and refuse exactly
+what they refuse."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from urllib3.connection import HTTPConnection
+from urllib3.util import SKIP_HEADER
+from webtest import TestApp
+
+from zope_lb import LoadBalancer
+from zope_lb.backend import KeptAliveConnection
+
+
+def buffered(connection_class, header, *values):
+    """What putheader leaves in the request being built, or the exception type."""
+    conn = connection_class("127.0.0.1", 9)
+    conn.putrequest("GET", "/", skip_host=True, skip_accept_encoding=True)
+    conn._buffer.clear()  # only the header line under test
+    try:
+        conn.putheader(header, *values)
+    except (ValueError, UnicodeError) as exc:
+        return type(exc)
+    return list(conn._buffer)
+
+
+# the characters the rules are about (CR, LF, tab, space, ':', DEL, latin-1
+# and beyond), then any text at all; names also as clients send them, so that
+# the value's rules are reached too
+tricky = st.text(st.sampled_from("aZ09-_ :\t\r\n\x7f\xe9\u0100\u20ac"), max_size=8)
+header_text = tricky | st.text(max_size=8)
+token = st.text(st.sampled_from("abcXYZ-_09"), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(token | header_text, header_text)
+def test_one_str_value_buffers_what_http_client_would(name, value):
+    assert buffered(KeptAliveConnection, name, value) == buffered(HTTPConnection, name, value)
+
+
+def test_injected_line_break_is_refused():
+    for value in ("a\r\nX-Evil: 1", "a\nX-Evil: 1", "a\rb"):
+        assert buffered(KeptAliveConnection, "X-Test", value) is ValueError
+    for name in (" X-Test", "X:Test", "X-Test\r\nX-Evil"):
+        assert buffered(KeptAliveConnection, name, "1") is ValueError
+    assert buffered(KeptAliveConnection, "X-Test", "\u20ac") is UnicodeEncodeError
+
+
+def test_other_forms_take_urllib3s_way():
+    assert buffered(KeptAliveConnection, "X-Many", "a", "b") == [b"X-Many: a\r\n\tb"]
+    assert buffered(KeptAliveConnection, "Content-Length", 12) == [b"Content-Length: 12"]
+    assert buffered(KeptAliveConnection, "User-Agent", SKIP_HEADER) == []
+    assert buffered(KeptAliveConnection, "X-Test", SKIP_HEADER) is ValueError
+
+
+def test_latin1_header_reaches_the_backend_byte_for_byte(scripted):
+    server = scripted(lambda head, index: b"HTTP/1.1 204 No Content\r\n\r\n")
+    app = TestApp(LoadBalancer([server.address], health_interval=0))
+    app.get("/", headers={"X-Name": "caf\xe9"}, status=204)
+    assert b"\r\nX-Name: caf\xe9\r\n" in server.requests[0]
