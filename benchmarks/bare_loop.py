@@ -63,17 +63,22 @@ def make_app(backends, threads):
     return app
 
 
-if __name__ == "__main__":
+def arguments() -> argparse.ArgumentParser:
+    """The command line of this loop (and of ceiling_loop.py, which adds to it)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("backends", nargs="+")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--threads", type=int, default=16)
-    a = ap.parse_args()
+    return ap
+
+
+def serve(app, a: argparse.Namespace) -> None:
+    """Serve app with waitress, its queue warnings quieted, and say where."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = waitress.create_server(
-        make_app(a.backends, a.threads),
+        app,
         host=a.host,
         port=a.port,
         threads=a.threads,
@@ -81,3 +86,8 @@ if __name__ == "__main__":
     )
     print(f"LISTENING {a.host}:{server.effective_port}", flush=True)
     server.run()
+
+
+if __name__ == "__main__":
+    args = arguments().parse_args()
+    serve(make_app(args.backends, args.threads), args)

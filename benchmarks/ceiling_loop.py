@@ -11,13 +11,11 @@ http.client cost. Information only, never a target, never a product.
 Run:  python benchmarks/ceiling_loop.py 127.0.0.1:8081 127.0.0.1:8082 --maxconn 8
 """
 
-import argparse
 import itertools
-import logging
 import socket
 import threading
 
-import waitress
+from bare_loop import arguments, serve
 
 
 def make_app(backends: list[str], maxconn: int):
@@ -57,17 +55,7 @@ def make_app(backends: list[str], maxconn: int):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("backends", nargs="+")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=16)
+    ap = arguments()
     ap.add_argument("--maxconn", type=int, default=16, help="requests at a time per backend")
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = waitress.create_server(
-        make_app(a.backends, a.maxconn), host=a.host, port=a.port, threads=a.threads
-    )
-    print(f"LISTENING {a.host}:{server.effective_port}", flush=True)
-    server.run()
+    args = ap.parse_args()
+    serve(make_app(args.backends, args.maxconn), args)
