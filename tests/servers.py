@@ -95,6 +95,29 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
     return bool(predicate())
 
 
+def run_concurrently(work: Any, count: int, timeout: float = 30.0) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads at once and wait for them
+    all, ``timeout`` seconds at most in total. Returns what they raised, and a
+    TimeoutError for each one still running then."""
+    errors: list[BaseException] = []
+
+    def run(number: int) -> None:
+        try:
+            work(number)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    errors += [TimeoutError(f"{t.name} still running after {timeout:g} s")
+               for t in threads if t.is_alive()]
+    return errors
+
+
 class ScriptedServer:
     """A raw HTTP/1.1 server on 127.0.0.1 for what waitress will not do on purpose:
     send hop-by-hop headers, send garbage, or close a keep-alive connection just as

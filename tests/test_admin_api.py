@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 
 import pytest
 from admin_support import ADMIN, PASSWORD, USERS, admin_balancer
+from servers import run_concurrently
 from webtest import TestApp
 
 from zope_lb.admin import AdminApp
@@ -155,29 +155,21 @@ def test_concurrent_edits_last_valid_one_wins_whole(lb, backends):
     app = AdminApp(lb)
     api(lb, app).get(f"{API}/status")  # the password check is remembered from here on
     results: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
 
     def editor(number: int) -> None:
         client = api(lb, app)
         chooser = random.Random(number)
-        try:
-            for _ in range(15):
-                if chooser.random() < 0.2:
-                    body = {"backends": [addresses[0], "http://bad:1"]}
-                    client.put_json(f"{API}/backends", body, status=400)
-                    continue
-                index = chooser.randrange(len(lists))
-                client.put_json(f"{API}/backends", {"backends": lists[index]})
-                results.append((number, index))
-        except BaseException as exc:  # reported below, in the main thread
-            errors.append(exc)
+        for _ in range(15):
+            if chooser.random() < 0.2:
+                body = {"backends": [addresses[0], "http://bad:1"]}
+                client.put_json(f"{API}/backends", body, status=400)
+                continue
+            index = chooser.randrange(len(lists))
+            client.put_json(f"{API}/backends", {"backends": lists[index]})
+            results.append((number, index))
 
-    threads = [threading.Thread(target=editor, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not errors and results
+    assert run_concurrently(editor, 6, timeout=60) == []
+    assert results
     final = api(lb).get(f"{API}/backends").json["backends"]
     normalized = [[" ".join(line.split()) for line in candidate] for candidate in lists]
     assert [" ".join(line.split()) for line in final] in normalized

@@ -12,6 +12,7 @@ import pytest
 from fakes import Fake
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers import run_concurrently
 
 from zope_lb import strategies
 from zope_lb.errors import ConfigError
@@ -120,18 +121,13 @@ def test_round_robin_is_thread_safe() -> None:
     lock = threading.Lock()
     barrier = threading.Barrier(threads)
 
-    def work() -> None:
+    def work(_: int) -> None:
         barrier.wait(timeout=5)
         counts = Counter(rr.pick(candidates, {}).id for _ in range(per_thread))
         with lock:
             results.append(counts)
 
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in pool)
+    assert run_concurrently(work, threads, timeout=10) == []
     total = sum(results, Counter())
     assert sum(total.values()) == threads * per_thread
     assert total == {"a": 2400, "b": 1600, "c": 800}
@@ -307,24 +303,15 @@ def test_every_builtin_strategy_is_safe_to_share_between_threads(name) -> None:
     candidates = backends(3, 1, 2)
     for backend in candidates:
         backend.maxconn = 1000
-    errors: list[BaseException] = []
     picked: list[str] = []
 
-    def work(t: int) -> None:
-        try:
-            for i in range(1500):
-                env = {"REMOTE_ADDR": f"192.0.2.{i % 200}", "PATH_INFO": f"/p{i % 50}"}
-                backend = strategy.pick(candidates, env)
-                picked.append(backend.id)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
-            errors.append(exc)
+    def work(_: int) -> None:
+        for i in range(1500):
+            env = {"REMOTE_ADDR": f"192.0.2.{i % 200}", "PATH_INFO": f"/p{i % 50}"}
+            picked.append(strategy.pick(candidates, env).id)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert errors == [] and len(picked) == 8 * 1500
+    assert run_concurrently(work, 8) == []
+    assert len(picked) == 8 * 1500
     assert set(picked) <= {"a", "b", "c"}
 
 
