@@ -271,24 +271,26 @@ def start_backend(
     return procs.start(name, argv, cpu=cpu)
 
 
-def start_bare(procs: Procs, name: str, backends: list[str], threads: int, cpu: int | None) -> Proc:
-    argv = [PY, str(HERE / "bare_loop.py"), *backends, "--threads", str(threads)]
+def start_bare(
+    procs: Procs,
+    name: str,
+    backends: list[str],
+    threads: int,
+    cpu: int | None,
+    script: str = "bare_loop.py",
+    extra: tuple[str, ...] = (),
+) -> Proc:
+    """A reference loop: bare_loop.py, or ceiling_loop.py with its --maxconn."""
+    argv = [PY, str(HERE / script), *backends, "--threads", str(threads), *extra]
     return procs.start(name, argv, cpu=cpu)
 
 
 def start_ceiling(
     procs: Procs, name: str, backends: list[str], threads: int, maxconn: int, cpu: int | None
 ) -> Proc:
-    argv = [
-        PY,
-        str(HERE / "ceiling_loop.py"),
-        *backends,
-        "--threads",
-        str(threads),
-        "--maxconn",
-        str(maxconn),
-    ]
-    return procs.start(name, argv, cpu=cpu)
+    return start_bare(
+        procs, name, backends, threads, cpu, "ceiling_loop.py", ("--maxconn", str(maxconn))
+    )
 
 
 def start_zope_lb(
