@@ -8,7 +8,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from apps import routes  # noqa: E402
-from servers import ScriptedServer, ServerThread  # noqa: E402
+from serve_process import ServeProcess, production_ini  # noqa: E402
+from servers import ScriptedServer, ServerThread, free_port  # noqa: E402
 
 
 @pytest.fixture
@@ -41,6 +42,27 @@ def scripted():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    """``serve_process(backends, app="", server="", args=...)`` writes an ini like
+    the README's production one to ``tmp_path/production.ini`` and starts the real
+    ``zope-lb serve`` on a free port; every process is stopped after the test."""
+    started = []
+
+    def start(backends, *, app="", server="", args=("--cpu", "all"), **ini_options):
+        port = free_port()
+        ini = tmp_path / "production.ini"
+        ini.write_text(production_ini(list(backends), port, app=app, server=server,
+                                      **ini_options))
+        process = ServeProcess(ini, port, args=tuple(args))
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)
