@@ -140,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--post-share: 0 to 1")
     if a.backends < 2 or a.down >= a.kill_every:
         p.error("--backends at least 2; --down shorter than --kill-every")
+    if a.duration < a.kill_every + a.down:
+        p.error("--duration at least --kill-every + --down: one kill and restart must fit")
     return a
 
 

@@ -54,8 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(CONFIGS), help=f"comma list of {','.join(CONFIGS)}")
     p.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS + ("stream",)),
-        help="comma list of small,zope,stream",
+        default=",".join(SCENARIOS + ("stream", "outage")),
+        help="comma list of small,zope,stream,outage",
+    )
+    p.add_argument(
+        "--outage-duration",
+        type=float,
+        help="seconds of the outage soak (benchmarks/outage.py; default 60, quick 15)",
     )
     p.add_argument("--pinning", choices=("both", "pinned", "unpinned"), default="both")
     p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (0)")
@@ -104,12 +109,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.reps = a.reps or (1 if a.quick else 3)
     a.warmup = a.warmup if a.warmup is not None else (1.0 if a.quick else 2.0)
     a.stream_size = a.stream_size or ((256 if a.quick else 1024) << 20)
+    a.outage_duration = a.outage_duration or (15.0 if a.quick else 60.0)
     if a.haproxy_maxconn is None:
         a.haproxy_maxconn = a.zope_threads
     a.configs = [c.strip() for c in a.only.split(",") if c.strip()]
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     bad = set(a.configs) - set(CONFIGS)
-    bad |= set(a.scenarios) - set(SCENARIOS) - {"stream"}
+    bad |= set(a.scenarios) - set(SCENARIOS) - {"stream", "outage"}
     if bad:
         p.error(f"unknown: {', '.join(sorted(bad))}")
     return a
@@ -680,6 +686,7 @@ def main(argv=None) -> int:
     results: list = []
     peaks: dict = {}
     streams: list = []
+    soak: dict | None = None
     logdir = Path(tempfile.mkdtemp(prefix="zope_lb-bench-"))
     t_start = time.monotonic()
     interrupted = False
@@ -692,6 +699,16 @@ def main(argv=None) -> int:
             if "stream" in args.scenarios:
                 log(f"== streaming {args.stream_size} bytes")
                 streams = run_streaming(args, procs, notes)
+            if "outage" in args.scenarios:
+                import outage
+
+                log(f"== outage soak, {args.outage_duration:g} s")
+                soak = outage.soak(
+                    outage.parse_args(["--duration", str(args.outage_duration),
+                                       "--connections", str(args.connections)]),
+                    procs,
+                    logdir,
+                )
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: partial results")
@@ -711,6 +728,10 @@ def main(argv=None) -> int:
     info["elapsed_s"] = time.monotonic() - t_start
     info["loadavg_end"] = os.getloadavg()
     print(report(args, rows, rats, streams, notes))
+    if soak is not None:
+        import outage
+
+        print(outage.report(soak))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -720,6 +741,7 @@ def main(argv=None) -> int:
                 "summary": rows,
                 "ratios": rats,
                 "streaming": streams,
+                "outage": soak,
                 "runs": results,
                 "notes": notes,
                 "peak_rss_mb": [
@@ -733,7 +755,7 @@ def main(argv=None) -> int:
     print(f"JSON: {out}  ({info['elapsed_s']:.0f} s)")
     failed = any(q["pass"] is False for q in rats) or any(
         s.get("rss_pass") is False or not s.get("ok") for s in streams
-    )
+    ) or (soak is not None and not all(soak["pass"].values()))
     return (
         130 if interrupted else (1 if failed or any(n.startswith("harness") for n in notes) else 0)
     )
