@@ -244,6 +244,7 @@ def test_a_name_that_does_not_resolve_is_compared_as_text_and_named():
     assert outcomes(report, "10.0.0.2:8080")["location"] == PASS
     assert outcomes(report, "10.0.0.3:8080")["location"] == FAIL
     assert any("zeo.lan:8100 does not resolve here" in note for note in report.notes)
+    assert "zeo.lan:8100 does not resolve here, so it was compared as text" in reasons(report)
 
 
 def test_a_write_asked_for_but_not_made_says_why():

@@ -396,9 +396,12 @@ def _check_location(p: Probe, ref: Probe | None, several: bool) -> Check:
     if ref is None or ref is p:
         return Check("location", PASS, shown)
     if not _same_storage(p, ref):
+        names = sorted({*p.unresolved, *ref.unresolved})
+        hint = (f"; {', '.join(names)} does not resolve here, so it was compared as "
+                "text: the transaction and write checks tell" if names else "")
         return Check("location", FAIL,
                      f"{p.location!r}{_resolved(p)} differs from {ref.location!r}"
-                     f"{_resolved(ref)} on {ref.address}")
+                     f"{_resolved(ref)} on {ref.address}{hint}")
     if p.location != ref.location:
         common = sorted(_storage_keys(p) & _storage_keys(ref))
         return Check("location", PASS,
