@@ -12,6 +12,11 @@ One process serves every route; what differs between a "fast" and a
                         the time-to-first-byte check.
     POST /upload        reads and discards the request body (Content-Length
                         or chunked), answers JSON {"received": N}.
+    POST /order?id=ID   with ``--record FILE``: appends ``ID`` to FILE (one
+                        write, so it survives a SIGKILL just after) as soon as
+                        the body is read, then serves it like a small GET (the
+                        delay too). The outage benchmark counts every ID
+                        recorded twice: a POST executed twice.
 
 Run:  python benchmarks/backends.py [--port 0] [--delay 0.02 --threads 8]
 It prints ``LISTENING 127.0.0.1:PORT`` once it accepts connections.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -170,6 +176,13 @@ class HTTPProtocol(asyncio.Protocol):
                 self.respond(b"400 Bad Request", b"bad size\n")
                 return
             self.start(self.stream(size, req["method"] == "HEAD"))
+        elif path == "/order" and req["method"] == "POST" and srv.record is not None:
+            order = req["target"].partition("?id=")[2].encode("ascii", "replace")
+            os.write(srv.record, order + b"\n")  # O_APPEND: one line per write
+            if srv.delay > 0:
+                self.start(self.slow())
+            else:
+                self.respond(b"200 OK", srv.body)
         elif path == "/upload":
             body = json.dumps({"received": self.received}).encode()
             self.respond(b"200 OK", body, b"application/json")
@@ -239,7 +252,10 @@ class HTTPProtocol(asyncio.Protocol):
 
 
 class Server:
-    def __init__(self, delay: float, threads: int, body_size: int) -> None:
+    def __init__(self, delay: float, threads: int, body_size: int,
+                 record: str | None = None) -> None:
+        self.record = (None if record is None else
+                       os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
         self.delay = delay
         self.slots = asyncio.Semaphore(threads)
         line = b"<html><body>Hello from a benchmark backend</body></html>\n"
@@ -248,7 +264,7 @@ class Server:
 
 
 async def main(args: argparse.Namespace) -> None:
-    srv = Server(args.delay, args.threads, args.body_size)
+    srv = Server(args.delay, args.threads, args.body_size, args.record)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: HTTPProtocol(srv),
@@ -273,6 +289,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--delay", type=float, default=0.0, help="seconds per small request")
     p.add_argument("--threads", type=int, default=8, help="concurrent slow requests")
     p.add_argument("--body-size", type=int, default=128, help="small body bytes")
+    p.add_argument("--record", metavar="FILE", help="append each POST /order id to FILE")
     return p.parse_args(argv)
 
 

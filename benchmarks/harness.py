@@ -302,7 +302,10 @@ def start_zope_lb(
     strategy: str = "round_robin",
     opts: dict | None = None,
     extra: list[str] | None = None,
+    access_log: str = "combined",
 ) -> Proc:
+    """serve_lb.py, logging as ``zope-lb serve`` does (INFO, the access log on)
+    into NAME.server.log in the run's log directory."""
     argv = [
         PY,
         str(HERE / "serve_lb.py"),
@@ -311,6 +314,10 @@ def start_zope_lb(
         str(threads),
         "--strategy",
         strategy,
+        "--log-file",
+        str(procs.logdir / f"{name}.server.log"),
+        "--access-log",
+        access_log,
     ]
     for key, value in (opts or {}).items():
         argv += [

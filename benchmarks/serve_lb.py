@@ -8,6 +8,13 @@ value is read as a Python literal when it is one (``8``, ``1.5``, ``True``,
 ``None``, ``[1, 2]``), otherwise it stays a string. Prints
 ``LISTENING 127.0.0.1:PORT`` once it accepts connections.
 
+Logging is configured as ``zope-lb serve`` configures it without a
+``[loggers]`` section (INFO, its format, waitress's queue warning quieted),
+but into ``--log-file`` (default: stderr), so the access log (logger
+``zope_lb.access``) is really formatted and written, as in production.
+``--access-log combined|json|off`` is passed on only when this zope_lb has
+the ``access_log`` option (``default``: leave it at zope_lb's default).
+
 ``--cprofile FILE`` profiles every thread with cProfile (per-thread CPU
 clock) and writes merged pstats to FILE on SIGTERM/SIGINT (used by
 profile_hot_path.py).
@@ -35,6 +42,23 @@ def parse_opts(pairs: list[str]) -> dict:
         except (ValueError, SyntaxError):
             opts[key.strip()] = value.strip()
     return opts
+
+
+SERVE_LOG_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"  # as cli.py
+
+
+def has_option(name: str) -> bool:
+    """Whether this zope_lb's settings table has option ``name``."""
+    from zope_lb import settings
+
+    return any(option.name == name for option in getattr(settings, "OPTIONS", ()))
+
+
+def setup_logging(log_file: str | None) -> None:
+    """INFO, as ``zope-lb serve`` logs without a ``[loggers]`` section."""
+    logging.basicConfig(level=logging.INFO, format=SERVE_LOG_FORMAT,
+                        filename=log_file or None)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
 class ThreadProfiles:
@@ -89,6 +113,11 @@ def main(argv=None) -> None:
     ap.add_argument("--strategy", default="round_robin")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--cprofile", metavar="FILE")
+    ap.add_argument("--log-file", metavar="FILE",
+                    help="where the log goes, access log included (default stderr)")
+    ap.add_argument("--access-log", default="default",
+                    help="combined, json, off, or default (zope_lb's default); passed "
+                    "only when zope_lb has the access_log option")
     ap.add_argument(
         "--cpu",
         default="auto",
@@ -102,10 +131,7 @@ def main(argv=None) -> None:
     )
     args = ap.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    setup_logging(args.log_file)
 
     import waitress
 
@@ -128,7 +154,10 @@ def main(argv=None) -> None:
     else:
         from zope_lb import LoadBalancer
 
-        app = LoadBalancer(args.backends, strategy=args.strategy, **parse_opts(args.opt))
+        opts = parse_opts(args.opt)
+        if args.access_log != "default" and has_option("access_log"):
+            opts.setdefault("access_log", args.access_log)
+        app = LoadBalancer(args.backends, strategy=args.strategy, **opts)
     server = waitress.create_server(
         app,
         host=args.host,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
 
 import pytest
 import urllib3
+from serve_process import console_script
 from zope_cluster import PASSWORD, USER, zope_cluster  # noqa: F401  (a fixture)
 
 from zope_lb import verify
@@ -129,6 +132,35 @@ def test_no_transactions_on_another_page():
     assert verify.parse_transactions("<html>Unauthorized</html>") == ()
 
 
+@pytest.mark.parametrize("location, servers", [
+    ("[('127.0.0.1', 8100)]", (("127.0.0.1", 8100),)),
+    ("[('localhost', 8100), ('zeo2.internal', 8101)]",
+     (("localhost", 8100), ("zeo2.internal", 8101))),
+    ("('::1', 8100)", (("::1", 8100),)),
+    ("zeo.internal:8100", (("zeo.internal", 8100),)),
+    ("[::1]:8100", (("::1", 8100),)),
+    ("/srv/zope/var/Data.fs", None),
+    ("/var/run/zeo.sock", None),
+    ("[]", None),
+    ("[('127.0.0.1', '8100')]", None),
+    ("__import__('os')", None),
+])
+def test_zeo_servers_are_read_from_the_location(location, servers):
+    assert verify.zeo_servers(location) == servers
+
+
+def test_host_names_resolve_to_their_addresses():
+    assert "127.0.0.1:8100" in verify.resolve([("localhost", 8100)])[0]
+    assert verify.resolve([("127.0.0.1", 8100)]) == (("127.0.0.1:8100",), ())
+    assert verify.resolve([("::1", 8100)]) == (("[::1]:8100",), ())
+
+
+def test_a_name_that_does_not_resolve_is_kept_by_name():
+    bad = "x" * 64 + ".example"  # a label over 63 characters: refused without DNS
+    assert verify.resolve([(bad, 8100), ("127.0.0.1", 8100)]) == (
+        ("127.0.0.1:8100",), (f"{bad}:8100",))
+
+
 # ---------------------------------------------------------------- verdicts
 
 T1 = Transaction("id1", "00000000000000a1", "2026/11/26 16:24:4.1 UTC")
@@ -181,6 +213,46 @@ def test_a_single_filestorage_client_has_nothing_to_share_with():
     report = judge([client(location="/srv/Data.fs", connected=None)], True, False)
     assert report.passed
     assert any("only one client" in note for note in report.notes)
+
+
+def test_localhost_and_its_address_are_one_zeo_server():
+    probes = [client(location="[('127.0.0.1', 8100)]", servers=("127.0.0.1:8100",)),
+              client("10.0.0.2:8080", location="[('localhost', 8100)]",
+                     servers=("127.0.0.1:8100", "[::1]:8100"))]
+    report = judge(probes, storage_checked=True, write_checked=False)
+    assert report.passed, reasons(report)
+    (second,) = [c for c in report.clients[1].checks if c.name == "location"]
+    assert "the same server as" in second.reason and "127.0.0.1:8100" in second.reason
+
+
+def test_names_resolving_to_different_servers_fail_naming_the_addresses():
+    probes = [client(location="[('127.0.0.1', 8100)]", servers=("127.0.0.1:8100",)),
+              client("10.0.0.2:8080", location="[('zeo', 8100)]",
+                     servers=("10.0.0.7:8100",))]
+    report = judge(probes, storage_checked=True, write_checked=False)
+    assert outcomes(report, "10.0.0.2:8080")["location"] == FAIL
+    assert "resolves to 10.0.0.7:8100" in reasons(report)
+
+
+def test_a_name_that_does_not_resolve_is_compared_as_text_and_named():
+    probes = [client(location="[('zeo.lan', 8100)]", unresolved=("zeo.lan:8100",)),
+              client("10.0.0.2:8080", location="[('zeo.lan', 8100)]",
+                     unresolved=("zeo.lan:8100",)),
+              client("10.0.0.3:8080", location="[('10.0.0.5', 8100)]",
+                     servers=("10.0.0.5:8100",))]
+    report = judge(probes, storage_checked=True, write_checked=False)
+    assert outcomes(report, "10.0.0.2:8080")["location"] == PASS
+    assert outcomes(report, "10.0.0.3:8080")["location"] == FAIL
+    assert any("zeo.lan:8100 does not resolve here" in note for note in report.notes)
+    assert "zeo.lan:8100 does not resolve here, so it was compared as text" in reasons(report)
+
+
+def test_a_write_asked_for_but_not_made_says_why():
+    probes = [client(connected=False), client("10.0.0.2:8080", connected=False)]
+    report = judge(probes, storage_checked=True, write_checked=False, write_asked=True)
+    assert outcomes(report, "10.0.0.2:8080")["write"] == SKIP
+    assert any("no client passed the storage checks" in note for note in report.notes)
+    assert not any("add --write-check" in note for note in report.notes)
 
 
 def test_a_disconnected_zeo_client_fails():
@@ -402,3 +474,87 @@ def test_verify_cluster_is_usable_in_code(zope_cluster):  # noqa: F811
                                    write_check=True, timeout=5)
     assert report.passed
     assert [c.probe.address for c in report.clients] == zope_cluster.addresses
+
+
+@pytest.fixture(scope="module")
+def localhost_client(zope_cluster):  # noqa: F811
+    """One more client on the shared ZEO server, naming it ``localhost:PORT``."""
+    server = zope_cluster.add_client("via_localhost", zeo_host="localhost")
+    try:
+        yield server
+    finally:
+        zope_cluster.remove_client(server)
+
+
+@pytest.mark.zope
+def test_clients_naming_zeo_localhost_and_127_0_0_1_share_one_storage(
+        cli, zope_cluster, localhost_client):  # noqa: F811
+    first = zope_cluster.addresses[0]
+    status, out, _ = cli(first, localhost_client.address, "--user", CREDENTIALS,
+                         "--write-check", "--json")
+    report = json.loads(out)
+    assert status == 0, out
+    one, other = report["clients"]
+    port = zope_cluster.zeo.port
+    assert one["location"] == f"[('127.0.0.1', {port})]"
+    assert other["location"] == f"[('localhost', {port})]"
+    assert f"127.0.0.1:{port}" in one["zeo_servers"]
+    assert f"127.0.0.1:{port}" in other["zeo_servers"]
+    assert other["write_seen"] is True
+
+
+@pytest.mark.zope
+def test_a_bad_client_listed_first_fails_alone(cli, zope_cluster):  # noqa: F811
+    loner = zope_cluster.loners[0].address
+    status, out, _ = cli(loner, *zope_cluster.addresses, "--user", CREDENTIALS,
+                         "--write-check", "--write-wait", "1", "--json")
+    report = json.loads(out)
+    assert status == 1
+    verdicts = {c["address"]: c["verdict"] for c in report["clients"]}
+    assert verdicts == {loner: FAIL, **dict.fromkeys(zope_cluster.addresses, PASS)}, out
+    writer, reader = report["clients"][1:]
+    assert writer["writer"] and reader["write_seen"] is True
+    assert not report["clients"][0]["writer"]
+
+
+def _closed_pipe_run(*argv: str, stdin: bytes = b"",
+                     buffered: bool = True) -> subprocess.CompletedProcess:
+    """Run ``zope-lb ARGV`` with its stdout a pipe nobody reads: closed before
+    the command writes, as ``| head -c 10`` is once head has its bytes.
+    Buffered, the write fails at the last flush; unbuffered, at the print."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        env = {k: v for k, v in os.environ.items()
+               if k not in (verify.USER_ENV, "PYTHONUNBUFFERED")}
+        if not buffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        return subprocess.run([console_script(), *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, input=stdin, timeout=60, env=env)
+    finally:
+        os.close(write_end)
+
+
+def _quiet(err: bytes) -> bool:
+    return not any(word in err for word in (b"Traceback", b"BrokenPipe", b"Exception ignored"))
+
+
+@pytest.mark.zope
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("form", ["--json", "--table"])
+def test_verify_into_a_closed_pipe_ends_quietly_with_its_verdict(
+        zope_cluster, form, buffered):  # noqa: F811
+    extra = ["--json"] if form == "--json" else []
+    done = _closed_pipe_run("verify", *zope_cluster.addresses, "--user", CREDENTIALS, *extra,
+                            buffered=buffered)
+    assert _quiet(done.stderr), done.stderr.decode()
+    assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.parametrize("buffered, status", [(True, 0), (False, 141)])
+def test_another_command_into_a_closed_pipe_ends_quietly(buffered, status):
+    """Its own status when the pipe broke at the last flush; 141 (128 + SIGPIPE,
+    as a shell shows ``yes | head``) when it broke before the command ended."""
+    done = _closed_pipe_run("passwd", "admin", stdin=b"secret\n", buffered=buffered)
+    assert _quiet(done.stderr), done.stderr.decode()
+    assert done.returncode == status, done.stderr.decode()

@@ -167,7 +167,7 @@ def _wait_for_http(server: Server, deadline: float) -> None:
 ZEO_CLIENT = """<zodb_db main>
   mount-point /
   <zeoclient>
-    server 127.0.0.1:{port}
+    server {server}
     storage 1
   </zeoclient>
 </zodb_db>"""
@@ -181,6 +181,7 @@ class ZopeCluster:
     zeo: Server | None = None
     clients: list[Server] = field(default_factory=list)  # shared, through ZEO
     loners: list[Server] = field(default_factory=list)  # each with its own Data.fs
+    extras: list[Server] = field(default_factory=list)  # shared, added by a test
 
     @property
     def addresses(self) -> list[str]:
@@ -217,7 +218,20 @@ class ZopeCluster:
                     raise
         raise AssertionError("unreachable")
 
-    def _client(self, name: str, shared: bool) -> Server:
+    def add_client(self, name: str, zeo_host: str) -> Server:
+        """Start one more client on the ZEO server, naming it ``zeo_host``
+        (e.g. ``localhost``) in its zope.conf; kept out of ``clients``."""
+        deadline = time.monotonic() + START_TIMEOUT
+        server = self._client(name, shared=True, zeo_host=zeo_host)
+        self._announced(server, deadline)
+        return server
+
+    def remove_client(self, server: Server) -> None:
+        """Stop a client made by :meth:`add_client`."""
+        server.stop()
+        self.extras.remove(server)
+
+    def _client(self, name: str, shared: bool, zeo_host: str | None = None) -> Server:
         home = self.base / name
         subprocess.run(
             [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
@@ -228,7 +242,8 @@ class ZopeCluster:
             conf = home / "etc" / "zope.conf"
             text = conf.read_text()
             text, count = re.subn(r"<zodb_db main>.*?</zodb_db>",
-                                  ZEO_CLIENT.format(port=self.zeo.port), text,
+                                  ZEO_CLIENT.format(server=f"{zeo_host or '127.0.0.1'}:"
+                                                    f"{self.zeo.port}"), text,
                                   count=1, flags=re.S)
             assert count == 1, "mkwsgiinstance's zope.conf has no <zodb_db main>"
             conf.write_text(text)
@@ -239,7 +254,8 @@ class ZopeCluster:
         ini.write_text(text)
         server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
                         home)
-        (self.clients if shared else self.loners).append(server)  # stop() finds it
+        group = self.extras if zeo_host else self.clients if shared else self.loners
+        group.append(server)  # stop() finds it
         return server
 
     def _announced(self, server: Server, deadline: float) -> None:
@@ -248,7 +264,7 @@ class ZopeCluster:
 
     def stop(self) -> None:
         """Clients first, then ZEO; each by PID, each wait bounded."""
-        for server in [*self.clients, *self.loners]:
+        for server in [*self.clients, *self.loners, *self.extras]:
             server.stop()
         if self.zeo is not None:
             self.zeo.stop()

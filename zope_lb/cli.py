@@ -167,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    status = 141  # 128 + SIGPIPE: the pipe closed before the command knew its status
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `zope-lb ... | head` closed stdout: end quietly
+        from .verify import quiet_stdout
+
+        quiet_stdout()
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,15 +6,19 @@ The Enfold guide's two checks, automated:
 2. all clients use the same storage, in rising strength:
 
    - the *Database Location* on ``/Control_Panel/Database/main/manage_main``
-     is the same everywhere and says ``(connected)``.  Weak: the name is
+     is the same everywhere and says ``(connected)``.  A ZEO address is
+     compared after resolving its host name here (``localhost:8100`` and
+     ``127.0.0.1:8100`` are one server); a name that does not resolve is
+     compared as text and named in the report.  Still weak: the name is
      what each client calls its ZEO server, so ``localhost:8100`` on two
      machines can be two servers;
    - the newest transaction on ``manage_UndoForm`` is the same everywhere.
      Two storages do not share transaction ids, so this catches the
      ``localhost`` trap;
-   - with ``write_check``, an object written through the first client is
-     read back through every other one, then deleted: the guide's "edit a
-     page on one, see it on the other".
+   - with ``write_check``, an object written through the first client that
+     passed the checks above is read back through every other one, then
+     deleted: the guide's "edit a page on one, see it on the other".  So one
+     bad client listed first fails alone, not the good ones after it.
 
 Theory of operation: the I/O (``probe``, ``write_and_read_back``) only
 records what each client said, as a :class:`Probe`; :func:`judge` turns
@@ -33,6 +37,7 @@ one's newest transaction is in the other's list.
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import binascii
 import configparser
@@ -41,10 +46,10 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -62,7 +67,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Check", "ClientReport", "Probe", "Report", "Transaction",
     "add_arguments", "judge", "parse_database_location", "parse_transactions",
-    "read_ini_backends", "render_table", "run", "verify_cluster",
+    "read_ini_backends", "render_table", "resolve", "run", "verify_cluster", "zeo_servers",
 ]
 
 DB_PATH = "/Control_Panel/Database/main/manage_main"
@@ -103,6 +108,8 @@ class Probe:
     location: str | None = None  # Database Location, without '(connected)'
     connected: bool | None = None  # None: not a ZEO client (no such suffix)
     transactions: tuple[Transaction, ...] = ()
+    servers: tuple[str, ...] = ()  # the ZEO server's addresses, resolved: 'ip:port'
+    unresolved: tuple[str, ...] = ()  # ZEO 'host:port' whose host did not resolve
     storage_error: str | None = None  # why the storage pages could not be read
     write_seen: bool | None = None  # None: not tried here
     write_ms: float | None = None  # how long until the object was seen
@@ -179,6 +186,8 @@ class Report:
                 "error": p.error,
                 "location": p.location,
                 "connected": p.connected,
+                "zeo_servers": list(p.servers),
+                "unresolved": list(p.unresolved),
                 "last_transaction": None if last is None else asdict(last),
                 "write_seen": p.write_seen,
                 "writer": p.writer,
@@ -284,18 +293,82 @@ def parse_transactions(page: str) -> tuple[Transaction, ...]:
     return tuple(found)
 
 
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})")
+
+
+def zeo_servers(location: str) -> tuple[tuple[str, int], ...] | None:
+    """The ``(host, port)`` pairs a ZEO client's Database Location names, else None.
+
+    Zope shows ClientStorage's address list as a Python repr,
+    ``[('zeo.internal', 8100)]``; ``host:port`` text is read too.  A
+    FileStorage path, a unix socket or a RelStorage name is not an address.
+    """
+    text = location.strip()
+    if len(text) > 1000:
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        match = _HOST_PORT.fullmatch(text)
+        return None if match is None else ((match[1].strip("[]"), int(match[2])),)
+    if isinstance(value, tuple):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        return None
+    pairs = []
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int) and not isinstance(item[1], bool)):
+            return None
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve(servers: Sequence[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(addresses, unresolved)``: every address the names resolve to here, as
+    sorted ``ip:port`` (IPv6 in brackets), and the ``host:port`` whose host did not."""
+    found: set[str] = set()
+    unresolved: list[str] = []
+    for host, port in servers:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):  # gaierror; an over-long label fails in idna
+            unresolved.append(_host_port(host, port))
+            continue
+        for *_, sockaddr in infos:
+            found.add(_host_port(str(sockaddr[0]).split("%", 1)[0], int(sockaddr[1])))
+    return tuple(sorted(found)), tuple(unresolved)
+
+
 # ---------------------------------------------------------------- judging
 
 
+def _storage_keys(p: Probe) -> frozenset[str]:
+    """What identifies the storage: the resolved ZEO addresses (a name that did
+    not resolve by its text), else the Database Location as it is written."""
+    if p.servers or p.unresolved:
+        return frozenset(p.servers) | frozenset(f"name {n}" for n in p.unresolved)
+    return frozenset({f"location {p.location}"})
+
+
+def _same_storage(a: Probe, b: Probe) -> bool:
+    """One shared address is one server: ``localhost`` may also resolve to ::1."""
+    return bool(_storage_keys(a) & _storage_keys(b))
+
+
 def _reference(probes: Sequence[Probe]) -> Probe | None:
-    """The client the others are compared with: the most common connected
-    location wins, ties go to the earlier client."""
+    """The client the others are compared with: the one sharing its storage
+    with the most others wins, then a connected one, then the earlier one."""
     usable = [p for p in probes if p.location is not None]
     if not usable:
         return None
-    counts = Counter(p.location for p in usable)
-    return max(usable, key=lambda p: (counts[p.location], p.connected is True,
-                                      -usable.index(p)))
+    counts = [sum(_same_storage(p, q) for q in usable) for p in usable]
+    best = max(range(len(usable)), key=lambda i: (counts[i], usable[i].connected is True, -i))
+    return usable[best]
 
 
 def _is_filestorage(location: str) -> bool:
@@ -319,10 +392,30 @@ def _check_location(p: Probe, ref: Probe | None, several: bool) -> Check:
                      f"{p.location} is a FileStorage, which only one process can open: "
                      "this client has a storage of its own; point its zope.conf at "
                      "the ZEO server with a <zeoclient> section")
-    if ref is not None and p.location != ref.location:
+    shown = p.location + (" (connected)" if p.connected else "")
+    if ref is None or ref is p:
+        return Check("location", PASS, shown)
+    if not _same_storage(p, ref):
+        names = sorted({*p.unresolved, *ref.unresolved})
+        hint = (f"; {', '.join(names)} does not resolve here, so it was compared as "
+                "text: the transaction and write checks tell" if names else "")
         return Check("location", FAIL,
-                     f"{p.location!r} differs from {ref.location!r} on {ref.address}")
-    return Check("location", PASS, p.location + (" (connected)" if p.connected else ""))
+                     f"{p.location!r}{_resolved(p)} differs from {ref.location!r}"
+                     f"{_resolved(ref)} on {ref.address}{hint}")
+    if p.location != ref.location:
+        common = sorted(_storage_keys(p) & _storage_keys(ref))
+        return Check("location", PASS,
+                     f"{shown}: the same server as {ref.location!r} on {ref.address} "
+                     f"({', '.join(k.removeprefix('name ') for k in common)})")
+    return Check("location", PASS, shown)
+
+
+def _resolved(p: Probe) -> str:
+    """`` (resolves to ...)`` when the name is not its own address."""
+    named = zeo_servers(p.location or "") or ()
+    if not p.servers or set(p.servers) == {_host_port(h, port) for h, port in named}:
+        return ""
+    return f" (resolves to {', '.join(p.servers)})"
 
 
 def _agree(a: tuple[Transaction, ...], b: tuple[Transaction, ...]) -> bool:
@@ -362,8 +455,13 @@ def _check_write(p: Probe) -> Check:
     return Check("write", SKIP, "not tried")
 
 
-def judge(probes: Sequence[Probe], storage_checked: bool, write_checked: bool) -> Report:
-    """Turn what the clients said into a verdict per check and per client."""
+def judge(probes: Sequence[Probe], storage_checked: bool, write_checked: bool,
+          write_asked: bool = False) -> Report:
+    """Turn what the clients said into a verdict per check and per client.
+
+    ``write_asked`` without ``write_checked``: the write check was asked for
+    but not made, because no client passed the storage checks to write through.
+    """
     reachable = [p for p in probes if p.reachable]
     ref = _reference(reachable) if storage_checked else None
     several = len(probes) > 1
@@ -373,9 +471,16 @@ def judge(probes: Sequence[Probe], storage_checked: bool, write_checked: bool) -
     if not storage_checked:
         notes.append("storage checks skipped: give --user NAME:PASSWORD (a Manager) "
                      "to compare Database Location and transactions")
+    elif not write_checked and write_asked:
+        notes.append("write check not made: no client passed the storage checks, "
+                     "so none is trusted to write the test object through")
     elif not write_checked:
         notes.append("write check skipped: add --write-check to write a test object "
                      "through one client and read it back through the others")
+    unresolved = sorted({n for p in reachable for n in p.unresolved})
+    if storage_checked and unresolved:
+        notes.append(f"ZEO server {', '.join(unresolved)} does not resolve here: "
+                     "compared as text")
     locations = {p.location for p in reachable if p.location}
     if (storage_checked and len(_hosts([p.address for p in probes])) > 1
             and any(name in loc for loc in locations for name in _LOCAL_NAMES)):
@@ -401,7 +506,8 @@ def judge(probes: Sequence[Probe], storage_checked: bool, write_checked: bool) -
             if write_checked:
                 checks.append(_check_write(p))
             else:
-                why = "--write-check not given" if storage_checked else "no credentials"
+                why = ("no client passed the storage checks" if write_asked and storage_checked
+                       else "--write-check not given" if storage_checked else "no credentials")
                 checks.append(Check("write", SKIP, why))
         clients.append(ClientReport(p, tuple(checks)))
     return Report(tuple(clients), storage_checked, write_checked, tuple(notes))
@@ -547,6 +653,10 @@ def probe(client: _Client, headers: dict[str, str] | None) -> Probe:
         if found is None:
             return replace(result, storage_error=f"no Database Location on {DB_PATH}")
         result = replace(result, location=found[0], connected=found[1])
+        servers = zeo_servers(found[0])
+        if servers:
+            resolved, unresolved = resolve(servers)
+            result = replace(result, servers=resolved, unresolved=unresolved)
         status, page, _ = _request(client, "GET", UNDO_PATH, headers)
         if status != 200:
             return replace(result, storage_error=_refused(status, UNDO_PATH))
@@ -654,16 +764,28 @@ def verify_cluster(addresses: Sequence[str], user: str | None = None,
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(clients))) as executor:
             probes = list(executor.map(lambda c: probe(c, headers), clients))
-        do_write = write_check and headers is not None
-        if do_write:
-            up = [c for c, p in zip(clients, probes, strict=True) if p.reachable]
-            if up:
-                seen = write_and_read_back(up[0], up[1:], headers or {}, wait)
-                probes = [_merge_write(p, seen.get(p.address)) for p in probes]
+        write_asked = write_check and headers is not None
+        writer = _writer(clients, probes) if write_asked else None
+        if writer is not None:
+            readers = [c for c, p in zip(clients, probes, strict=True)
+                       if p.reachable and c is not writer]
+            seen = write_and_read_back(writer, readers, headers or {}, wait)
+            probes = [_merge_write(p, seen.get(p.address)) for p in probes]
     finally:
         for c in clients:
             c.pool.close()
-    return judge(probes, storage_checked=headers is not None, write_checked=do_write)
+    return judge(probes, storage_checked=headers is not None,
+                 write_checked=writer is not None, write_asked=write_asked)
+
+
+def _writer(clients: Sequence[_Client], probes: Sequence[Probe]) -> _Client | None:
+    """The first client that passed every check so far: a bad client listed
+    first must not fail the write for the good ones after it."""
+    first = judge(probes, storage_checked=True, write_checked=False)
+    for c, report in zip(clients, first.clients, strict=True):
+        if report.passed:
+            return c
+    return None
 
 
 def _merge_write(p: Probe, w: Probe | None) -> Probe:
@@ -716,8 +838,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Manager login for the storage checks "
                         f"(default: ${USER_ENV}); without it they are skipped")
     parser.add_argument("--write-check", action="store_true",
-                        help="write a test object through the first client, "
-                        "read it back through the others, then delete it")
+                        help="write a test object through the first client that "
+                        "passed the storage checks, read it back through the "
+                        "others, then delete it")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds per request (default {DEFAULT_TIMEOUT:g})")
@@ -741,8 +864,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"zope-lb verify: unexpected error: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(render_table(report))
+    text = json.dumps(report.to_dict(), indent=2) if args.json else render_table(report)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `zope-lb verify ... | head`: the verdict still stands
+        quiet_stdout()
     return report.exit_status
+
+
+def quiet_stdout() -> None:
+    """After a reader closed stdout (``| head``): send what is left to /dev/null,
+    so the interpreter's last flush does not print a BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to flush
+        pass
+    finally:
+        os.close(devnull)
