@@ -37,7 +37,8 @@ class Exchange:
 def exchange(port: int, data: bytes, *, timeout: float = 3.0, expect: int | None = None,
              head: bool = False) -> Exchange:
     """Send ``data`` to 127.0.0.1:``port`` and read the answers: until the server
-    closes, ``expect`` answers arrived, or ``timeout`` seconds passed."""
+    closes, ``expect`` answers arrived, or ``timeout`` seconds passed. With
+    ``head``, the first request sent was a HEAD (its answer has no body)."""
     result = Exchange()
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -58,7 +59,9 @@ def exchange(port: int, data: bytes, *, timeout: float = 3.0, expect: int | None
             if not first:
                 result.closed = True
                 break
-            response = http.client.HTTPResponse(_Source(stream), method="HEAD" if head else "GET")
+            first_is_head = head and not result.answers
+            response = http.client.HTTPResponse(_Source(stream),
+                                                method="HEAD" if first_is_head else "GET")
             try:
                 response.begin()
                 body = response.read()
