@@ -70,6 +70,13 @@ def test_two_host_headers_get_400(site):
     assert app.requests == []
 
 
+def test_a_folded_host_header_gets_400(site):
+    process, app = site
+    result = exchange(process.port, get("/", host="www.example.com\r\n :80"))
+    assert [a.status for a in result.answers] == [400]
+    assert app.requests == []
+
+
 @pytest.mark.parametrize("target", ["www.example.com:80", "localhost:8080/x", "*"])
 def test_a_target_that_is_not_a_path_gets_400(site, target):
     process, app = site
@@ -119,3 +126,12 @@ def test_a_routing_rule_cannot_be_stepped_around_with_dot_segments(serve_process
         for server in servers:
             server.stop()
 
+
+
+def test_a_raw_byte_in_the_query_reaches_zope_as_that_byte(site):
+    """waitress lets ``GET //?\\xe9`` through; urllib3 would send the byte as
+    UTF-8 (%C3%A9), another string to Zope."""
+    process, app = site
+    result = exchange(process.port, get("//?\xe9&a=%41"))
+    assert [a.status for a in result.answers] == [200]
+    assert [r["uri"] for r in app.requests] == [ROOT + "/?%E9&a=%41"]

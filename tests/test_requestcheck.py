@@ -136,6 +136,12 @@ def test_two_host_headers_are_refused():
         check_request(waitress_environ("/", HOST="a, evil.example"))
 
 
+@pytest.mark.parametrize("host", ["www.example.com :80", "www.example.com\tevil"])
+def test_a_folded_host_header_is_refused(host):
+    with pytest.raises(BadRequest, match="not a host name"):
+        check_request(waitress_environ("/", HOST=host))
+
+
 @pytest.mark.parametrize("target", ["host:80", "localhost:8080/x", "a:/x", "foo",
                                     "ftp://www.example.com/x", "http:///x",
                                     "http://user@www.example.com/x"])

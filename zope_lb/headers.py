@@ -161,7 +161,12 @@ def upstream_target(environ: Mapping[str, Any]) -> str:
     """Path and query to request from the backend (origin-form, ASCII)."""
     target = raw_path(environ)
     query = environ.get("QUERY_STRING")
-    return f"{target}?{query}" if query else target
+    if not query:
+        return target
+    if not query.isascii():  # raw bytes (waitress lets them through after "//"):
+        # escaped as the bytes they are, not re-encoded as UTF-8 by urllib3
+        query = "".join(c if c < "\x80" else f"%{ord(c):02X}" for c in query)
+    return f"{target}?{query}"
 
 
 def raw_path(environ: Mapping[str, Any]) -> str:

@@ -6,7 +6,7 @@ zope_lb, a front proxy or the backend and another to a second one, the
 request is refused with 400, as HAProxy does, instead of being guessed at:
 
 - two ``Host`` headers: waitress joins them as ``a, evil.example``, and a
-  host name never holds a comma;
+  host name never holds a comma (nor a space, which a folded one would);
 - a target that is not a path: authority form (``GET host:80``) outside
   CONNECT, ``*`` outside OPTIONS, a scheme other than http(s), or an
   absolute URI (``GET http://a/x``) whose host is not the ``Host`` header;
@@ -41,8 +41,11 @@ def check_request(environ: dict[str, Any]) -> dict[str, Any]:
     if "HTTP_TRANSFER_ENCODING" in environ and environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
         raise BadRequest("an HTTP/1.0 request cannot have a Transfer-Encoding")
     host = environ.get("HTTP_HOST")
-    if host is not None and "," in host:
-        raise BadRequest("the request has more than one Host header")
+    if host is not None:
+        if "," in host:
+            raise BadRequest("the request has more than one Host header")
+        if " " in host or "\t" in host:  # a folded Host header: "a\r\n :80"
+            raise BadRequest("the Host header is not a host name")
     method = environ.get("REQUEST_METHOD", "")
     raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if method != "CONNECT" and (not raw or raw[0] != "/"):
