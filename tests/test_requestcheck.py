@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from waitress.parser import ParsingError, split_uri
 
-from zope_lb.headers import PathEscapes, dot_free_path, upstream_target, vhm_target
+from zope_lb.headers import (
+    PathEscapes,
+    dot_free_path,
+    has_dot_segment,
+    upstream_target,
+    vhm_target,
+)
 from zope_lb.requestcheck import BadRequest, check_request
 from zope_lb.routing import parse_rule
 
@@ -96,9 +102,23 @@ def test_the_callers_environ_is_not_changed():
     assert original == kept
 
 
-def test_a_plain_path_is_passed_as_it_is():
-    environ = waitress_environ("/a/b.css")
+@pytest.mark.parametrize("target", ["/a/b.css", "/.well-known/security.txt", "/a/.hidden",
+                                    "/a/...", "/a/..b", "/%2e%2e%2e"])
+def test_a_path_without_dot_segments_is_passed_as_it_is(target):
+    environ = waitress_environ(target)
     assert check_request(environ) is environ
+
+
+@given(st.lists(st.sampled_from(["/", ".", "a", "%2e", "%2f"]), max_size=10))
+def test_has_dot_segment_agrees_with_resolving(pieces):
+    raw = "/" + "".join(pieces)
+    decoded = unquote_to_bytes(raw).decode("latin-1")
+    try:
+        changed = dot_free_path(raw) != raw
+    except PathEscapes:
+        changed = True
+    assert has_dot_segment(decoded) is (changed or any(
+        s in (".", "..") for s in decoded.split("/")))
 
 
 def test_script_name_cannot_be_climbed_out_of():

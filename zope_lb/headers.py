@@ -216,10 +216,15 @@ _SEPARATOR = re.compile(r"(/|%2[fF])")
 _DOTS = frozenset({b".", b".."})
 
 
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+
+
 def has_dot_segment(path: str) -> bool:
-    """Whether a decoded path (WSGI ``PATH_INFO``) may hold a dot segment:
-    cheap, and never False for one that does."""
-    return "/." in path or path.startswith(".")
+    """Whether a decoded path (WSGI ``PATH_INFO``, where ``%2e`` is already
+    ``.`` and ``%2f`` already ``/``) has a ``.`` or ``..`` segment; cheap for
+    the usual path, which has no ``/.`` at all (``/.well-known`` has no dot
+    segment)."""
+    return ("/." in path or path.startswith(".")) and _DOT_SEGMENT.search(path) is not None
 
 
 def dot_free_path(raw: str) -> str:
