@@ -101,16 +101,17 @@ class _Unclosable:
 
 class Recorder:
     """A WSGI backend that records every request and answers ``seen N``
-    with an ``X-Seen: N`` header."""
+    with an ``X-Seen: N`` header (``NAME-N`` for a named one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         body = environ["wsgi.input"].read()
         with self.lock:
-            number = len(self.requests)
+            number = f"{self.name}-{len(self.requests)}" if self.name else str(len(self.requests))
             self.requests.append({
                 "seen": number,
                 "method": environ["REQUEST_METHOD"],

@@ -12,6 +12,8 @@ Whatever the bytes, it must hold that:
   backend as a request of its own (smuggling);
 - under ``vhm.root`` no ``.`` or ``..`` segment reaches the backend, in any
   spelling, and every path is under the site's VirtualHostRoot;
+- a ``path:/manage*`` pool gets exactly the requests whose path, as Zope
+  serves it, is under /manage (``/x/../manage_main`` included);
 - no traceback in the process log.
 
 Bounded: 150 examples, each a connection of at most a few seconds.
@@ -35,7 +37,8 @@ SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
 SENTINEL = b"GET /end HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
 
 _PIECES = st.sampled_from([b"/", b".", b"..", b"%2e", b"%2E", b"%2f", b"%2F", b"a", b"b%20c",
-                           b"%25", b"%2e%2e", b".%2e", b"%c3%a9", b";", b"//", b"manage_main"])
+                           b"%25", b"%2e%2e", b".%2e", b"%c3%a9", b";", b"//", b"manage_main",
+                           b"/manage", b"/manage_main/.."])
 
 paths = st.lists(_PIECES, max_size=10).map(lambda pieces: b"/" + b"".join(pieces))
 targets = st.one_of(
@@ -108,15 +111,27 @@ def build(method, target, version, host, te, extra, payload, framing, eol):
 
 @pytest.fixture
 def site(serve_process):
-    app = Recorder()
-    server = ServerThread(app).start()
-    process = serve_process([server.address], app="vhm.root = /Plone\nhealth.interval = 0")
-    yield process, app
-    server.stop()
+    """vhm.root = /Plone, and a ``zmi`` pool taking the paths under /manage."""
+    site, zmi = Recorder("site"), Recorder("zmi")
+    servers = [ServerThread(site).start(), ServerThread(zmi).start()]
+    process = serve_process(
+        [servers[0].address],
+        app=(f"vhm.root = /Plone\nhealth.interval = 0\npool.zmi.backends = {servers[1].address}"
+             "\npool.zmi.match = path:/manage*"))
+    yield process, site, zmi
+    for server in servers:
+        server.stop()
+
+
+def public_path(uri: bytes) -> bytes:
+    """The path the client asked for, decoded, as Zope traverses it (empty
+    segments skipped), from the VHM path the backend got."""
+    path = unquote_to_bytes(ROOT.sub(b"/", uri.split(b"?")[0], count=1))
+    return b"/" + b"/".join(s for s in path.split(b"/") if s)
 
 
 def test_fuzzed_requests_are_answered_once_or_refused(site):
-    process, app = site
+    process, site_app, zmi_app = site
 
     @settings(max_examples=150, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
@@ -125,9 +140,10 @@ def test_fuzzed_requests_are_answered_once_or_refused(site):
     def check(method, target, version, host, te, extra, payload, framing, eol):
         data, surely_body = build(method, target, version, host, te, extra, payload, framing,
                                   eol)
-        start = len(app.requests)
+        starts = len(site_app.requests), len(zmi_app.requests)
         result = exchange(process.port, data + SENTINEL, timeout=2.0, head=method == b"HEAD")
-        seen = app.since(start)
+        to_site, to_zmi = site_app.since(starts[0]), zmi_app.since(starts[1])
+        seen = to_site + to_zmi
 
         statuses = [a.status for a in result.answers]
         assert all(s < 500 or s == 501 for s in statuses), (statuses, data)
@@ -144,8 +160,10 @@ def test_fuzzed_requests_are_answered_once_or_refused(site):
             assert ROOT.match(uri), (uri, data)
             segments = unquote_to_bytes(uri.split(b"?")[0]).split(b"/")
             assert b".." not in segments and b"." not in segments, (uri, data)
+            # the path: rule saw the path Zope serves: no way around it
+            assert public_path(uri).startswith(b"/manage") is (record in to_zmi), (uri, data)
 
     check()
-    assert len(app.requests) > 20  # not every example was refused: many reached the backend
+    assert len(site_app.requests) > 20  # not every example was refused: many reached the backend
     log = process.log()
     assert "Traceback" not in log, log[-3000:]
