@@ -62,11 +62,14 @@ def test_dot_segments_inside_the_site_are_resolved_before_zope_sees_them(site, t
     assert ".." not in unquote(app.requests[0]["uri"])
 
 
-def test_two_host_headers_get_400(site):
+def test_two_host_headers_get_400_and_the_connection_is_closed(site):
     process, app = site
-    result = exchange(process.port, get("/", extra="Host: evil.example\r\n"))
+    data = (b"GET / HTTP/1.1\r\nHost: www.example.com\r\nHost: evil.example\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+    result = exchange(process.port, data)
     assert [a.status for a in result.answers] == [400]
     assert b"more than one Host" in result.answers[0].body
+    assert result.closed
     assert app.requests == []
 
 

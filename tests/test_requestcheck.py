@@ -103,7 +103,8 @@ def test_the_callers_environ_is_not_changed():
 
 
 @pytest.mark.parametrize("target", ["/a/b.css", "/.well-known/security.txt", "/a/.hidden",
-                                    "/a/...", "/a/..b", "/%2e%2e%2e"])
+                                    "/a/...", "/a/..b", "/%2e%2e%2e",
+                                    "/%252e%252e/x"])  # decoded once: "%2e%2e", a name
 def test_a_path_without_dot_segments_is_passed_as_it_is(target):
     environ = waitress_environ(target)
     assert check_request(environ) is environ
