@@ -216,3 +216,43 @@ def test_http11_transfer_encoding_left_by_another_server_passes():
 ])
 def test_path_rules_match_the_resolved_path(path, rule, matches):
     assert parse_rule(rule).matches({"PATH_INFO": path, "SCRIPT_NAME": ""}) is matches
+
+
+def rfc3986_remove_dot_segments(path: str) -> tuple[str, bool]:
+    """RFC 3986 section 5.2.4 as written (input and output buffers), on a
+    decoded path; also says whether a '..' met an empty output (a climb)."""
+    source, out, climbed = path, "", False
+    while source:
+        if source.startswith("../"):
+            source = source[3:]
+        elif source.startswith(("./", "/./")):
+            source = source[2:]
+        elif source == "/.":
+            source = "/"
+        elif source.startswith("/../") or source == "/..":
+            source = "/" + source[4:] if source.startswith("/../") else "/"
+            climbed = climbed or not out
+            out = out[:out.rfind("/")] if "/" in out else ""
+        elif source in (".", ".."):
+            source = ""
+        else:
+            end = source.find("/", 1)
+            end = len(source) if end < 0 else end
+            out, source = out + source[:end], source[end:]
+    return out, climbed
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["/", ".", "..", "%2e", "%2F", "a", "b%2fc", "%2e%2e"]),
+                max_size=12))
+def test_dot_free_path_is_rfc3986_on_the_decoded_path(pieces):
+    raw = "/" + "".join(pieces)
+    expected, climbed = rfc3986_remove_dot_segments(unquote_to_bytes(raw).decode("latin-1"))
+    try:
+        out = dot_free_path(raw)
+    except PathEscapes:
+        assert climbed
+        return
+    assert not climbed
+    assert unquote_to_bytes(out).decode("latin-1") == (expected or "/")
+    assert dot_free_path(out) == out  # resolving twice changes nothing
