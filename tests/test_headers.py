@@ -465,3 +465,9 @@ def test_no_hop_by_hop_response_header_ever_comes_out(items: list) -> None:
     out = response_headers(items)
     assert not {n.lower() for n, _ in out} & HOP_BY_HOP
     assert all(item in items for item in out)
+
+
+def test_raw_non_ascii_query_is_escaped_as_its_bytes() -> None:
+    """``GET //?\\xe9`` passes waitress; the byte must not become UTF-8's %C3%A9."""
+    environ = {"PATH_INFO": "/", "REQUEST_URI": "//?\xe9&a=%41", "QUERY_STRING": "\xe9&a=%41"}
+    assert upstream_target(environ) == "/?%E9&a=%41"

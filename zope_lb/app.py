@@ -31,9 +31,10 @@ from .notify import (
     make_event,
     utc_now_iso,
 )
-from .pages import error_page, upstream_error_page
+from .pages import error_page, refusal_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import ClientBodyError, Proxy, RequestObserver, Route
+from .requestcheck import BadRequest, check_request
 from .settings import BackendSpec, Settings, format_options, parse_settings
 from .state import StateFile
 from .strategies import make_strategy
@@ -255,6 +256,10 @@ class LoadBalancer:
         return rows
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            environ = check_request(environ)
+        except BadRequest as exc:
+            return refusal_page(str(exc))(environ, start_response)
         path = environ.get("PATH_INFO", "")
         if path == self._health_endpoint:
             return self.health_page(environ, start_response)

@@ -9,6 +9,10 @@
   backend. The client's own percent-encoding is kept where it agrees with the
   decoded path (``%2F`` stays ``%2F``); a latin-1 WSGI path is quoted as the
   bytes it stands for, never re-encoded as UTF-8.
+- Dot segments (``.``, ``..``, also spelt ``%2e``, and ``%2f`` counted as a
+  slash) are resolved before a path is matched or put under ``vhm.root``
+  (:func:`dot_free_path`): Zope resolves ``..`` over the whole
+  VirtualHostMonster path, so one left in would climb out of the site.
 """
 
 from __future__ import annotations
@@ -155,12 +159,25 @@ def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def upstream_target(environ: Mapping[str, Any]) -> str:
     """Path and query to request from the backend (origin-form, ASCII)."""
+    target = raw_path(environ)
+    query = environ.get("QUERY_STRING")
+    if not query:
+        return target
+    if not query.isascii():  # raw bytes (waitress lets them through after "//"):
+        # escaped as the bytes they are, not re-encoded as UTF-8 by urllib3
+        query = "".join(c if c < "\x80" else f"%{ord(c):02X}" for c in query)
+    return f"{target}?{query}"
+
+
+def raw_path(environ: Mapping[str, Any]) -> str:
+    """The request's path, percent-encoded (ASCII): the client's own spelling
+    when the server kept it and it agrees with the WSGI path, else the WSGI
+    path quoted as the bytes it stands for."""
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     target = _raw_path(environ.get("REQUEST_URI") or environ.get("RAW_URI"), path)
     if target is None:
         target = quote(path.encode("latin-1"), safe=_PATH_SAFE) or "/"
-    query = environ.get("QUERY_STRING")
-    return f"{target}?{query}" if query else target
+    return target
 
 
 def _raw_path(raw: str | None, path: str) -> str | None:
@@ -182,6 +199,72 @@ def _raw_path(raw: str | None, path: str) -> str | None:
     # raw non-ASCII bytes (not valid on the wire) are escaped; the client's escapes kept
     return raw_path if raw_path.isascii() else quote(raw_path.encode("latin-1"),
                                                      safe=_PATH_SAFE + "%")
+
+
+# -- dot segments --------------------------------------------------------------------
+#
+# RFC 3986 section 5.2.4 on the decoded path: a segment is a dot segment when
+# it decodes to "." or ".." (so "%2e%2E" is one), and "%2F" separates segments
+# as "/" does, because the backend's WSGI server decodes it to "/" before Zope
+# splits the path. Each segment keeps the client's spelling, separators too.
+
+class PathEscapes(ValueError):
+    """A path whose ``..`` segments climb above its root."""
+
+
+_SEPARATOR = re.compile(r"(/|%2[fF])")
+_DOTS = frozenset({b".", b".."})
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether a decoded path (WSGI ``PATH_INFO``, where ``%2e`` is already
+    ``.`` and ``%2f`` already ``/``) has a ``.`` or ``..`` segment; cheap for
+    the usual path, which has no ``/.`` at all (``/.well-known`` has no dot
+    segment)."""
+    return ("/." in path or path.startswith(".")) and _DOT_SEGMENT.search(path) is not None
+
+
+def dot_free_path(raw: str) -> str:
+    """``raw`` (a percent-encoded path) with its dot segments resolved.
+
+    ``/a/b/../c`` -> ``/a/c``, ``/a/%2e/`` -> ``/a/``, ``/a/..%2Fb`` -> ``/b``;
+    other segments and separators keep the client's spelling. Raises
+    :class:`PathEscapes` when a ``..`` would climb above ``/``: RFC 3986 would
+    stop at the root, but no browser sends such a path (they resolve dot
+    segments themselves), so it is refused rather than guessed at.
+    """
+    parts = _SEPARATOR.split(raw)  # [segment, separator, segment, separator, ...]
+    out: list[str] = [parts[0]] if parts[0] else []
+    if parts[0] and _dot(parts[0]):
+        raise PathEscapes(f"the path {raw!r} does not start with '/'")
+    last = len(parts) - 2
+    for i in range(1, len(parts), 2):
+        separator, segment = parts[i], parts[i + 1]
+        dots = _dot(segment)
+        if dots == b"..":
+            if not out:
+                raise PathEscapes(f"the path {raw!r} climbs above the root")
+            out.pop()
+        if dots:
+            if i == last:  # "/a/b/.." is "/a/": the directory stays a directory
+                out.append(separator)
+        else:
+            out.append(separator + segment)
+    return "".join(out) or "/"
+
+
+def _dot(segment: str) -> bytes | None:
+    """``b"."`` or ``b".."`` for a dot segment in any spelling, else None."""
+    if segment in (".", ".."):
+        return segment.encode()
+    if "%" in segment and len(segment) <= 6:  # "%2e%2e" is the longest spelling
+        decoded = unquote_to_bytes(segment)
+        if decoded in _DOTS:
+            return decoded
+    return None
 
 
 # -- Zope's VirtualHostMonster ------------------------------------------------------
@@ -244,6 +327,8 @@ def vhm_target(target: str, origin: tuple[str, str, str], root: str = "",
     is passed whole, without ``_vh_``). The path and query pass
     through untouched, percent-encoding and all.
     """
+    if not target.startswith("/"):  # "OPTIONS *": no path to put under the root
+        return target
     path, sep, query = target.partition("?")
     vh = ""
     if prefix:

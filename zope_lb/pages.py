@@ -43,3 +43,21 @@ def upstream_error_page(error: UpstreamError) -> Any:
     if error.status == 503:
         return error_page(503, detail, Retry_After=str(RETRY_AFTER))
     return error_page(error.status, detail)
+
+
+def refusal_page(detail: str) -> Any:
+    """A 400 for a request zope_lb will not forward, sent without a
+    Content-Length, so that the server closes the connection after it (its
+    framing is not to be trusted: the rest could be read as a request)."""
+    page = error_page(400, detail)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        def without_length(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Any:
+            kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            return start_response(status, kept, exc_info)
+
+        body = page(environ, without_length)
+        return (chunk for chunk in body)  # not a list: the server cannot count it
+
+    return app

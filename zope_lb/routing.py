@@ -10,6 +10,9 @@ of rules, one per line or separated by spaces, and all must match:
 - ``header:X-Name`` the header is present; ``header:X-Name=glob`` with a value
   matching the glob;
 - ``cookie:__ac`` the cookie is present (Plone's login cookie).
+
+A path is matched as Zope will traverse it: ``/public/../manage_main`` is
+``/manage_main`` and ``//manage_main`` is ``/manage_main``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Rule:
     def matches(self, environ: Mapping[str, Any]) -> bool:
         if self.kind == "path":
             path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            if "/." in path or "//" in path:
+                path = traversed_path(path)
             return fnmatchcase(path, self.name) if self.glob else path.startswith(self.name)
         if self.kind == "method":
             return environ.get("REQUEST_METHOD", "") in self.values
@@ -46,6 +51,23 @@ class Rule:
                 return False
             return not self.values or fnmatchcase(value, self.values[0])
         return has_cookie(environ.get("HTTP_COOKIE", ""), self.name)
+
+
+def traversed_path(path: str) -> str:
+    """A decoded path as Zope traverses it: ``.`` and empty segments skipped,
+    ``..`` dropping the one before (never above ``/``), so that ``..`` or
+    ``//`` cannot step around a ``path:`` rule."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    resolved = "/" + "/".join(segments)
+    if segments and path.endswith(("/", "/.", "/..")):
+        resolved += "/"
+    return resolved
 
 
 def has_cookie(header: str, name: str) -> bool:
