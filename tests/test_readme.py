@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from zope_lb.settings import OPTIONS, POOL_FIELDS, Option, option_topic, options_table
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -152,3 +154,76 @@ def test_the_production_ini_sends_the_access_log_to_its_own_file(tmp_path):
     assert "[zope_lb.proxy]" in result.stderr
     assert "ACCESS-LINE" not in result.stderr
     assert "QUEUE-LINE" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_nginx_example_sends_what_zope_lb_needs(tmp_path):
+    """Debian's nginx with the README's server block (plain http on a free port
+    instead of TLS), in front of a recording backend standing where zope_lb would:
+    the request arrives with the public host, scheme, port and client address."""
+    import http.client
+    import shutil
+    import signal
+    import subprocess
+
+    from apps import Echo
+    from servers import ServerThread, free_port, wait_until
+
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.skip("Debian's nginx is not installed (apt-get install nginx)")
+    block = re.search(r"```nginx\n(.*?)```", read(), re.S).group(1)
+    echo = Echo("zope_lb")
+    backend = ServerThread(echo).start()
+    port = free_port()
+    assert block.count("127.0.0.1:6543") == 1
+    block = block.replace("127.0.0.1:6543", backend.address)
+    block = re.sub(r"listen 443 ssl http2;.*", f"listen 127.0.0.1:{port};", block)
+    block = re.sub(r"\n\s*ssl_certificate\S* .*", "", block)
+    temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"worker_processes 1;\npid {tmp_path}/nginx.pid;\n"
+                    f"error_log {tmp_path}/error.log;\nevents {{ worker_connections 64; }}\n"
+                    f"http {{\naccess_log off;\n{temp}{block}\n}}\n", encoding="utf-8")
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-e", f"{tmp_path}/error.log",
+                             "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: proc.poll() is not None or _listening(port), timeout=10)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/news?b_start=20", headers={"Host": "www.example.org"})
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            assert response.status == 200
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        backend.stop()
+    assert len(echo.requests) == 3
+    seen = echo.requests[0]
+    assert seen["uri"] == "/news?b_start=20"
+    headers = seen["headers"]
+    assert headers["Host"] == "www.example.org"
+    assert headers["X-Forwarded-Host"] == "www.example.org"
+    assert headers["X-Forwarded-Proto"] == "http"  # $scheme: https behind TLS
+    assert headers["X-Forwarded-Port"] == str(port)
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
+    assert "Connection" not in headers  # HTTP/1.1 kept alive: no "Connection: close"
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
