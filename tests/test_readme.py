@@ -157,6 +157,7 @@ def test_the_production_ini_sends_the_access_log_to_its_own_file(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.nginx
 def test_the_nginx_example_sends_what_zope_lb_needs(tmp_path):
     """Debian's nginx with the README's server block (plain http on a free port
     instead of TLS), in front of a recording backend standing where zope_lb would:
