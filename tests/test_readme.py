@@ -228,3 +228,20 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_the_production_examples_agree_on_their_timeouts():
+    """systemd and Docker wait longer than the drain; nginx waits longer than
+    zope_lb's own deadlines (so its 503/504 page reaches the browser) and drops
+    an idle kept-alive connection before zope_lb would."""
+    text = read()
+    ini = dict(re.findall(r"^([\w.]+) = (\S+)$", ini_block("### A production ini"), re.M))
+    shutdown = float(ini["shutdown.timeout"])
+    assert float(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1)) >= shutdown + 5
+    assert float(re.search(r"stop_grace_period: (\d+)s", text).group(1)) >= shutdown + 5
+    nginx = re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
+    read_timeout = float(re.search(r"proxy_read_timeout (\d+)s;", nginx).group(1))
+    assert read_timeout > float(ini["queue.timeout"]) + float(ini["timeout.read"])
+    idle = float(re.search(r"keepalive_timeout (\d+)s;", nginx).group(1))
+    assert idle < float(ini["timeout.request"])
+    assert "docker stop -t 40" in text and "TimeoutStopSec=40" in text
