@@ -791,16 +791,51 @@ def _known() -> str:
     return ", ".join(o.name for o in OPTIONS)
 
 
-def options_table() -> str:
-    """The README's option table, generated from :data:`OPTIONS`."""
-    rows = ["| option | default | meaning |", "|---|---|---|"]
-    for option in OPTIONS:
-        default = option.default_text or str(option.default)
-        rows.append(f"| `{option.name}` | {default} | {option.doc} |")
-    for field, (_, doc) in POOL_FIELDS.items():
-        rows.append(f"| `pool.NAME.{field}` | | A named pool: {doc}. |")
-    return "\n".join(rows)
+# Topics of the README's option tables, in the order they are shown. A key matches
+# an option named exactly so, or starting with the key and a dot; an option no key
+# matches goes under "Other", so a new option never drops out of the README.
+OPTION_TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Balancing", ("backends", "strategy", "maxconn", "retries", "hash")),
+    ("Timeouts and deadlines", ("timeout", "shutdown.timeout")),
+    ("Queue", ("queue",)),
+    ("Sticky sessions", ("affinity",)),
+    ("Health checks", ("health", "slowstart")),
+    ("Passive checks", ("passive",)),
+    ("Notifications", ("notify",)),
+    ("Front proxy and Zope URLs", ("vhm", "forwarded", "preserve_host", "prefix", "fallback")),
+    ("Administration", ("admin", "metrics", "state_file")),
+    ("Logging", ("access_log",)),
+)
+OTHER_TOPIC = "Other"
+POOLS_TOPIC = "Named pools"
 
+
+def option_topic(name: str) -> str:
+    """The README table an option is listed in (``Other`` when no topic claims it)."""
+    for topic, keys in OPTION_TOPICS:
+        for key in keys:
+            if name == key or name.startswith(key + "."):
+                return topic
+    return OTHER_TOPIC
+
+
+def options_table(options: tuple[Option, ...] = OPTIONS) -> str:
+    """The README's option tables, one per topic, generated from :data:`OPTIONS`."""
+    by_topic: dict[str, list[str]] = {}
+    for option in options:
+        default = option.default_text or str(option.default)
+        by_topic.setdefault(option_topic(option.name), []).append(
+            f"| `{option.name}` | {default} | {option.doc} |")
+    by_topic[POOLS_TOPIC] = [f"| `pool.NAME.{field}` | | A named pool: {doc}. |"
+                             for field, (_, doc) in POOL_FIELDS.items()]
+    order = [topic for topic, _ in OPTION_TOPICS] + [POOLS_TOPIC, OTHER_TOPIC]
+    parts = []
+    for topic in order:
+        if by_topic.get(topic):
+            parts.append("\n".join([f"#### {topic}", "",
+                                     "| option | default | meaning |", "|---|---|---|",
+                                     *by_topic[topic]]))
+    return "\n\n".join(parts)
 
 
 # -- back to text -------------------------------------------------------------------
