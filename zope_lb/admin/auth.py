@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -181,7 +182,7 @@ class Accounts:
         name, issued, nonce, signature = parts
         if not hmac.compare_digest(signature, self._sign("session", name, issued, nonce)):
             return None
-        if not issued.isdigit() or name not in self._hashes:
+        if not re.fullmatch(r"[0-9]{1,12}", issued, re.ASCII) or name not in self._hashes:
             return None
         age = self._clock() - int(issued)
         if not -60 <= age <= self.max_age:
