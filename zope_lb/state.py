@@ -4,15 +4,17 @@ The ini gives the defaults; the state file, if present, overrides them. It
 holds only what an administrator changed, never the whole configuration::
 
     {"version": 1,
-     "options":  {"timeout.read": "30", "pool.zmi.backends": null},
-     "ini":      {"timeout.read": "300", "pool.zmi.backends": "10.0.0.5:8080"},
+     "options":  {"timeout.read": "30", "backends": "10.0.0.5:8080\n10.0.0.6:8080"},
+     "ini":      {"timeout.read": "300", "backends": "10.0.0.5:8080"},
      "backends": {"c1": "disabled", "c2": "draining"},
      "written_by": 4711, "serial": 12, "written_at": "2024-05-01T10:00:00Z"}
 
-``options`` maps each changed option to its ini text (``null``: an option of
-the ini that was removed, such as a named pool). ``ini`` records what the ini
-said for those options when they were written. Theory of operation, for the
-day the operator edits the ini (and restarts, or sends SIGHUP):
+``options`` maps each changed option to its ini text; only what the admin
+pages and API can change may be there (:data:`SAVED`: the default pool's
+backends and the Balancing options), anything else refuses the whole file.
+``ini`` records what the ini said for those options when they were written.
+Theory of operation, for the day the operator edits the ini (and restarts, or
+sends SIGHUP):
 
 - An option the operator did not touch in the ini keeps its runtime override.
 - An option the operator *did* change in the ini since the override was
@@ -57,6 +59,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .admin.api import BALANCING_KEYS
 from .errors import ConfigError
 from .settings import (
     OPTIONS,
@@ -73,8 +76,12 @@ log = logging.getLogger(__name__)
 VERSION = 1
 DEFAULT_NAME = "zope_lb-state.json"
 ADMIN_STATES = ("disabled", "draining")
-#: Options a state file may not change: where the state file itself is.
-NOT_SAVED = frozenset({"state_file"})
+#: The options a state file may hold: what the admin pages and API can change (the
+#: default pool's backends and the Balancing options). Anything else (admin.users,
+#: notify.command, named pools...) is the ini's alone: a file that names it is
+#: refused whole, at start and at run time, so whoever can write the state file
+#: cannot make an account, run a command or reach another pool.
+SAVED = frozenset({"backends", *BALANCING_KEYS})
 _KEYS = frozenset({"version", "options", "ini", "backends", "serial", "written_by",
                    "written_at"})
 
@@ -136,10 +143,14 @@ def parse_state(text: bytes | str, path: str) -> Saved:
     if data.get("version") != VERSION:
         raise StateFileError(path, f"version {data.get('version')!r} is not supported "
                                    f"(this zope_lb reads version {VERSION})")
-    options = _text_map(data.get("options", {}), "options", path)
-    for key in NOT_SAVED & options.keys():
-        raise StateFileError(path, f"options may not set {key!r}: set it in the ini")
+    options = _text_map(data.get("options", {}), "options", path, null=False)
     ini = _text_map(data.get("ini", {}), "ini", path)
+    for name, keys in (("options", options), ("ini", ini)):
+        for key in sorted(keys.keys() - SAVED):
+            raise StateFileError(
+                path, f"{name} may not set {key!r}: a state file keeps only what the admin "
+                      "pages and API change (backends and the Balancing options); set it "
+                      "in the ini")
     backends = data.get("backends", {})
     if not isinstance(backends, dict):
         raise StateFileError(path, "backends must map backend ids to disabled or draining")
@@ -156,10 +167,11 @@ def parse_state(text: bytes | str, path: str) -> Saved:
     return Saved(options, ini, dict(backends), **counts)
 
 
-def _text_map(value: Any, name: str, path: str) -> dict[str, str | None]:
+def _text_map(value: Any, name: str, path: str, null: bool = True) -> dict[str, str | None]:
     if not isinstance(value, dict) or not all(
-            isinstance(v, str) or v is None for v in value.values()):
-        raise StateFileError(path, f"{name} must map option names to ini text (or null)")
+            isinstance(v, str) or (null and v is None) for v in value.values()):
+        raise StateFileError(path, f"{name} must map option names to ini text"
+                                   + (" (or null)" if null else ""))
     return dict(value)
 
 
@@ -218,10 +230,10 @@ def _on_top(base: Mapping[str, str], overrides: Mapping[str, str | None]) -> dic
 
 
 def changes(base: Mapping[str, str], current: Mapping[str, str]) -> tuple[Overrides, Overrides]:
-    """What differs from the ini: (options, what the ini said for each)."""
+    """What the admin changed from the ini: (options, what the ini said for each).
+    Only :data:`SAVED` options: what else runs differently (set in code) is not kept."""
     options: Overrides = {k: v for k, v in current.items()
-                          if base.get(k) != v and k not in NOT_SAVED}
-    options.update({k: None for k in base if k not in current and k not in NOT_SAVED})
+                          if k in SAVED and base.get(k) != v}
     return options, {k: base.get(k) for k in options}
 
 
