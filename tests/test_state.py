@@ -158,8 +158,7 @@ def test_only_changes_are_saved_with_what_the_ini_said(pair):
     a, state_a = made[0]
     assert not os.path.exists(path)
     a.apply({"timeout.read": "7"})
-    a.backend_action("c1", "disable")
-    state_a.save()  # what the admin API does after a backend action
+    a.backend_action("c1", "disable")  # saved before it is done
     saved = read_json(path)
     assert saved["options"] == {"timeout.read": "7"}
     assert saved["ini"] == {"timeout.read": "300"}
@@ -169,7 +168,6 @@ def test_only_changes_are_saved_with_what_the_ini_said(pair):
     assert [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")] == []
     a.backend_action("c1", "enable")
     a.apply({"timeout.read": "300"})  # back to the ini: nothing left to keep
-    state_a.save()
     saved = read_json(path)
     assert saved["options"] == {} and saved["backends"] == {}
 
@@ -178,7 +176,6 @@ def test_another_balancer_follows_the_file_and_does_not_write_back(pair, backend
     (a, state_a), (b, state_b) = pair[0]
     a.apply({"timeout.read": "7", "backends": backend_lines(backends, ["c0", "c1", "c2"])})
     a.backend_action("c0", "drain")
-    state_a.save()
     written = Path(state_a.path).read_bytes()
     assert state_b.poll() is True
     assert b.settings.timeout_read == 7
@@ -189,7 +186,6 @@ def test_another_balancer_follows_the_file_and_does_not_write_back(pair, backend
     assert state_a.poll() is False  # its own save is not applied again
     assert state_b.poll() is False
     a.backend_action("c0", "enable")
-    state_a.save()
     assert state_b.poll() is True
     assert b.pool.backends[0].state.value == "up"
 
@@ -201,7 +197,6 @@ def test_edits_in_two_processes_between_polls_are_both_kept(pair):
     path = pair[2]
     a.apply({"timeout.read": "7"})
     a.backend_action("c1", "disable")
-    state_a.save()
     b.apply({"retries": "1"})  # B has not polled since A saved
     saved = read_json(path)
     assert saved["options"] == {"timeout.read": "7", "retries": "1"}

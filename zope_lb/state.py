@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .admin.api import BALANCING_KEYS
-from .errors import ConfigError
+from .errors import ConfigError, StateSaveError
 from .settings import (
     OPTIONS,
     POOL_FIELDS,
@@ -360,10 +360,14 @@ def _check(path: str, base: Mapping[str, str], overrides: Mapping[str, str | Non
 class StateFile:
     """Keeps one balancer's runtime changes in ``path`` and follows other processes'.
 
-    ``start()`` applies the saved backend states, saves after every
-    ``balancer.apply`` (through ``balancer.on_apply``) and starts the watcher;
-    call ``save()`` after a backend action too. Changes read from the file (or a
-    SIGHUP reload) are applied without being written back.
+    ``start()`` applies the saved backend states, becomes ``balancer.state_file``
+    and starts the watcher. An edit is saved *before* it is made: ``balancer.apply``
+    calls :meth:`saving` and ``balancer.backend_action`` calls :meth:`save_backend`
+    first, so an edit that cannot be written raises :class:`StateSaveError` and
+    changes nothing (rather than answering 200 and being lost at the next
+    restart). Changes read from the file (or a SIGHUP reload) are applied
+    without being written back. One re-entrant lock, the balancer's
+    ``apply_lock``, orders saving and applying, so neither waits on the other.
     """
 
     def __init__(self, path: str, balancer: Any, ini_options: Mapping[str, object], *,
@@ -375,8 +379,10 @@ class StateFile:
         self._clock = clock
         self._base = baseline(ini_options)
         self._seen: bytes | None = None  # the file as this process last wrote or applied it
-        self._lock = threading.RLock()
+        self._lock = getattr(balancer, "apply_lock", None) or threading.RLock()
         self._local = threading.local()  # .quiet: changes that must not be saved
+        self._pending: dict[str, str] | None = None  # merged backend states to take on
+        self._read_error = ""  # reported once, not at every poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -387,6 +393,7 @@ class StateFile:
             self._apply(data)
             self._seen = data
         self.balancer.on_apply.append(self._applied)
+        self.balancer.state_file = self
         if self.poll_interval > 0:
             self._thread = threading.Thread(target=self._watch, daemon=True,
                                             name="zope-lb-state")
@@ -395,33 +402,76 @@ class StateFile:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _applied(self, settings: Settings) -> None:
-        self.save()
+    def saving(self, settings: Settings) -> Settings:
+        """Save the runtime changes ``settings`` make, before they run; returns the
+        settings to run: ``settings``, with the edits of another process that saved
+        since merged in. StateSaveError (file not writable) or ConfigError (the
+        merge is invalid): nothing was written, and the caller changes nothing."""
+        if getattr(self._local, "quiet", False):
+            return settings
+        ids = {spec.id for spec in settings.backends}
+        ids.update(spec.id for pool in settings.pools for spec in pool.backends)
+        states = {k: v for k, v in admin_states(self.balancer.pools).items() if k in ids}
+        merged, states = self._write(format_options(settings), states)
+        if merged is None:
+            return settings
+        self._pending = states
+        return merged
 
-    def save(self) -> bool:
-        """Write this process's runtime changes; False if not written (logged).
+    def _applied(self, settings: Settings) -> None:
+        """After an edit: take on the backend states merged from another process."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with self._quiet():
+                self._sync_backends(pending)
+
+    def save_backend(self, backend_id: str, state: str | None) -> None:
+        """Save ``backend_id`` as ``state`` (disabled, draining; None: enabled) before
+        the action is taken; StateSaveError if it cannot be written (take no action)."""
+        states = {k: v for k, v in admin_states(self.balancer.pools).items() if k != backend_id}
+        if state is not None:
+            states[backend_id] = state
+        self.save(states)
+
+    def save(self, backends: Mapping[str, str] | None = None) -> None:
+        """Write this process's runtime changes as they run now (backend states:
+        ``backends``, else the running ones); StateSaveError if not written."""
+        if getattr(self._local, "quiet", False):
+            return
+        with self._lock:
+            merged, states = self._write(
+                self.balancer.current_options(),
+                admin_states(self.balancer.pools) if backends is None else backends)
+            if merged is not None:  # take the other process's edits on, too
+                with self._quiet():
+                    if format_options(merged) != self.balancer.current_options():
+                        self.balancer.apply(format_options(merged), replace=True)
+                    self._sync_backends(states)
+
+    def _write(self, current: Mapping[str, str], backends: Mapping[str, str]
+               ) -> tuple[Settings | None, dict[str, str]]:
+        """Write the changes ``current`` and ``backends`` make from the ini.
 
         Another process may have saved since this one last read the file (it
         polls every ``poll_interval``). Its edits are kept: per option and per
         backend, this process's value where it changed it since, the file's
-        otherwise (a three-way merge), and this process then runs the merged
-        result. Read, merge and write happen under a lock on the directory."""
-        if getattr(self._local, "quiet", False):
-            return False
+        otherwise (a three-way merge). Returns the merged settings (None when
+        nothing was merged) and backend states. Read, merge and write happen
+        under a lock on the directory."""
         with self._lock, _directory_lock(self.path):
-            options, ini = changes(self._base, self.balancer.current_options())
-            backends = admin_states(self.balancer.pools)
-            current, theirs = self._read_for_merge()
-            merged = False
-            if theirs is not None and current != self._seen:
-                merged = True
+            options, ini = changes(self._base, current)
+            states = dict(backends)
+            data_now, theirs = self._read_for_merge()
+            merged: Settings | None = None
+            if theirs is not None and data_now != self._seen:
                 before = self._parsed(self._seen)
                 options = three_way(before.options, options, theirs.options)
                 ini = {k: ini[k] if k in ini else theirs.ini.get(k) for k in options}
-                backends = three_way(before.backends, backends, theirs.backends)
+                states = three_way(before.backends, states, theirs.backends)
+                merged = _check(self.path, self._base, options)
             serial = max(self.serial, theirs.serial if theirs is not None else 0) + 1
             document = {
-                "version": VERSION, "options": options, "ini": ini, "backends": backends,
+                "version": VERSION, "options": options, "ini": ini, "backends": states,
                 "written_by": os.getpid(), "serial": serial,
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             }
@@ -429,17 +479,11 @@ class StateFile:
             try:
                 write_atomically(self.path, data)
             except OSError as exc:
-                log.error("runtime change applied but not saved to %s: %s", self.path, exc)
-                return False
+                log.error("runtime change refused: %s cannot be written: %s", self.path, exc)
+                raise StateSaveError(self.path, exc.strerror or str(exc)) from None
             self._seen = data
             self.serial = serial
-            if merged:
-                try:
-                    self._apply(data)  # take the other process's edits on, too
-                except ConfigError as exc:
-                    log.error("%s: the edits merged from another process were saved but "
-                              "not applied here: %s", self.path, exc)
-        return True
+        return merged, states
 
     def _read_for_merge(self) -> tuple[bytes | None, Saved | None]:
         """The file as it is now, and parsed (None if missing or unusable: an
@@ -464,8 +508,11 @@ class StateFile:
             try:
                 data = read_bytes(self.path)
             except OSError as exc:
-                log.error("cannot read %s: %s", self.path, exc)
+                if str(exc) != self._read_error:  # once, not twice a second
+                    log.error("cannot read %s: %s", self.path, exc)
+                self._read_error = str(exc)
                 return False
+            self._read_error = ""
             if data == self._seen:
                 return False
             self._seen = data  # an invalid file is reported once, not every poll
@@ -548,6 +595,8 @@ class StateFile:
             self._thread = None
         with contextlib.suppress(ValueError):
             self.balancer.on_apply.remove(self._applied)
+        if getattr(self.balancer, "state_file", None) is self:
+            self.balancer.state_file = None
 
 
 # -- SIGHUP: the ini read again ---------------------------------------------------------

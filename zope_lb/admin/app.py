@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 from webob import Request, Response
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StateSaveError
 from ..headers import client_address, request_scheme
 from ..verify import verify_cluster
 from . import api, pages
@@ -291,6 +291,8 @@ class AdminApp:
                                             f"No backend with id {backend_id!r}."), 404)
         except api.ActionConflict as exc:
             return _html(pages.message_page(frame, "Not possible", str(exc)), 409)
+        except StateSaveError as exc:
+            return _html(pages.message_page(frame, "Not saved", f"{exc}."), 500)
         return _redirect(f"{frame.base}/?" + urlencode({"done": action, "id": backend_id}))
 
     def _save_basic(self, frame: pages.Frame, text: str, user: str) -> Response:
@@ -302,6 +304,9 @@ class AdminApp:
             log.info("admin %s: backend list refused: %s", user, exc)
             return _html(pages.basic_page(frame, text, error=_describe(exc),
                                           pools=self._pool_names()), 400)
+        except StateSaveError as exc:
+            return _html(pages.basic_page(frame, text, error=f"{exc}.",
+                                          pools=self._pool_names()), 500)
         log.warning("admin %s changed the backends: %s", user,
                     "; ".join(api.backend_lines(self.balancer)))
         return _redirect(f"{frame.base}/basic/?saved=1")
@@ -314,6 +319,10 @@ class AdminApp:
             values = {**api.balancing_values(self.balancer), **changes}
             return _html(pages.balancing_page(frame, api.balancing_fields(values),
                                               error=_describe(exc), error_field=exc.key), 400)
+        except StateSaveError as exc:
+            values = {**api.balancing_values(self.balancer), **changes}
+            return _html(pages.balancing_page(frame, api.balancing_fields(values),
+                                              error=f"{exc}."), 500)
         return _redirect(f"{frame.base}/balancing/?saved=1")
 
     # -- verify ---------------------------------------------------------------------
