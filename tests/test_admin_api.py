@@ -231,10 +231,10 @@ def test_numbers_out_of_bounds_are_refused_and_change_nothing(lb, body, field, r
     assert lb.settings is before and served(lb) == {"b0": 3, "b1": 3}
 
 
-def test_every_primary_at_weight_zero_is_refused_through_the_api(lb, backends):
+def test_every_backend_at_weight_zero_is_refused_through_the_api(lb, backends):
     before = lb.settings
     error = api(lb).put_json(f"{API}/backends", {"backends": [
         f"{backends[0].address} weight=0", f"{backends[1].address} weight=0"]},
         status=400).json
-    assert error["field"] == "backends" and "weight=0" in error["rule"]
+    assert error["field"] == "backends" and "every backend has weight=0" in error["rule"]
     assert lb.settings is before

@@ -778,19 +778,22 @@ def test_weights_and_maxconn_at_their_bounds_are_accepted() -> None:
     "values, key",
     [
         ({"backends": "a:80 weight=0\nb:80 weight=0"}, "backends"),
-        ({"backends": "a:80 weight=0\nc:80 weight=3 backup"}, "backends"),
+        ({"backends": "a:80 weight=0\nc:80 weight=0 backup"}, "backends"),
         ({"backends": "a:80\nb:80", "pool.api.backends": "c:80 weight=0\nd:80 weight=0",
           "pool.api.match": "path:/++api++"}, "pool.api.backends"),
     ],
 )
-def test_every_primary_at_weight_zero_is_refused(values: dict, key: str) -> None:
+def test_every_backend_at_weight_zero_is_refused(values: dict, key: str) -> None:
     error = _config_error(values)
-    assert error.key == key and "every primary backend has weight=0" in error.rule
+    assert error.key == key and "every backend has weight=0" in error.rule
 
 
-def test_some_primaries_at_weight_zero_are_fine() -> None:
-    result = parse_settings({"backends": "a:80 weight=0\nb:80\nc:80 weight=0 backup"})
-    assert [b.weight for b in result.backends] == [0, 1, 0]
+@pytest.mark.parametrize("lines, weights", [
+    ("a:80 weight=0\nb:80\nc:80 weight=0 backup", [0, 1, 0]),
+    ("a:80 weight=0\nc:80 weight=3 backup", [0, 3]),  # the backup serves
+])
+def test_some_backends_at_weight_zero_are_fine(lines: str, weights: list) -> None:
+    assert [b.weight for b in parse_settings({"backends": lines}).backends] == weights
 
 
 @pytest.mark.parametrize("path", ["/", "//", "/./", "/a/../"])

@@ -858,12 +858,12 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
 
 
 def _check_weights(key: str, specs: tuple[BackendSpec, ...]) -> None:
-    """Every primary at weight 0 can only fail: no request would ever be sent."""
-    primaries = [spec for spec in specs if not spec.backup]
-    if primaries and not any(spec.weight for spec in primaries):
+    """Every backend at weight 0 can only fail: no request would ever be sent.
+    (Primaries at weight 0 with a backup above it are fine: the backups serve.)"""
+    if not any(spec.weight for spec in specs):
         raise ConfigError(key, format_value(specs),
-                          "every primary backend has weight=0, so none would get a "
-                          "request; give at least one a weight of 1 or more")
+                          "every backend has weight=0, so none would get a request; "
+                          "give at least one a weight of 1 or more")
 
 
 def _parse_pool(name: str, fields: dict[str, Any], default_strategy: str) -> PoolSpec:
