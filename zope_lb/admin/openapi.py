@@ -25,6 +25,8 @@ _ERRORS = {
     "401": _json(_ref("Error"), "No or wrong credentials"),
     "403": _json(_ref("Error"), "Address not in admin.allow, cross-site request, or "
                                 "missing X-CSRF-Token with a session cookie"),
+    "429": _json(_ref("Error"), "Too many wrong passwords from this address (10 a minute); "
+                                "Retry-After says when to try again"),
 }
 
 _BACKEND_ROW = {
