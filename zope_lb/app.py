@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .admin import AdminApp, registry
+from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
 from .errors import UpstreamError
+from .headers import client_address
 from .health import HealthChecker
 from .metrics import Metrics
 from .notify import (
@@ -344,7 +346,14 @@ class LoadBalancer:
         }
 
     def health_page(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The health as JSON: ``status``, ``healthy`` and ``total`` for anyone; the
+        per-backend rows (addresses, failure texts) only for a client the admin
+        pages would answer (``admin.allow``, decided as the admin decides)."""
         report = self.health()
+        settings = self.settings
+        if not allowed(client_address(environ, settings.forwarded_trusted),
+                       settings.admin_allow):
+            report = {key: report[key] for key in PUBLIC_HEALTH}
         body = json.dumps(report).encode()
         status = "503 Service Unavailable" if report["status"] == "down" else "200 OK"
         start_response(status, [("Content-Type", "application/json"),
@@ -370,6 +379,9 @@ class LoadBalancer:
         if self.dispatcher is not None:
             self.dispatcher.close()
 
+
+#: What the health endpoint tells a client outside ``admin.allow``.
+PUBLIC_HEALTH = ("status", "healthy", "total")
 
 #: The state a backend action leaves a backend in, as the state file keeps it.
 _ADMIN_STATE = {"enable": None, "disable": "disabled", "drain": "draining"}
