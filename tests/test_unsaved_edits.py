@@ -157,3 +157,19 @@ def test_zope_lb_serve_refuses_an_edit_it_cannot_keep(tmp_path, backends, serve_
     assert json.loads(os.fsdecode((directory / "lb.state.json").read_bytes()))[
         "options"] == {"retries": "0"}
     assert "Traceback" not in process.log()
+
+
+def test_a_removed_backend_leaves_no_admin_state_behind(kept, backends):
+    """Saved before the switch, the file must not keep the state of a backend the
+    edit removes: one that comes back later with the same id starts up."""
+    balancer, directory = kept
+    client = api(balancer)
+    client.post(f"{API}/backends/c1/disable")
+    path = directory / "lb.state.json"
+    assert json.loads(path.read_text())["backends"] == {"c1": "disabled"}
+    client.put_json(f"{API}/backends", {"backends": [f"{backends[0].address} id=c0"]})
+    assert json.loads(path.read_text())["backends"] == {}
+    client.put_json(f"{API}/backends", {"backends": [
+        f"{backends[0].address} id=c0", f"{backends[1].address} id=c1"]})
+    assert [(b.id, b.state.value) for b in balancer.pool.backends] == [
+        ("c0", "up"), ("c1", "up")]

@@ -660,7 +660,8 @@ OPTIONS: tuple[Option, ...] = (
            "`user:password` of a Zope Manager, for `health.zeo`.", "(none)", secret=True),
     Option("health.endpoint", as_path, "/__zope_lb__/health",
            "Where the balancer answers its own health as JSON (200 while a backend "
-           "is up, 503 when none is), for the monitor that watches it."),
+           "is up, 503 when none is), for the monitor that watches it; which backends "
+           "and why only to `admin.allow` addresses."),
     Option("slowstart", as_duration_or_zero, 0.0,
            "Seconds over which a recovered backend's weight ramps up to full, starting "
            "at 5 % (0 would mean no requests at all), so a cold Zope client (empty "

@@ -420,10 +420,11 @@ class StateFile:
 
     def _applied(self, settings: Settings) -> None:
         """After an edit: take on the backend states merged from another process."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            with self._quiet():
-                self._sync_backends(pending)
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                with self._quiet():
+                    self._sync_backends(pending)
 
     def save_backend(self, backend_id: str, state: str | None) -> None:
         """Save ``backend_id`` as ``state`` (disabled, draining; None: enabled) before
