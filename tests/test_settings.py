@@ -743,6 +743,8 @@ def test_numbers_at_their_bounds_are_accepted(key: str, text: str) -> None:
         {"health.expect": "\u0662\u0660\u0660"},
         {"passive.status": "50\u0662"},
         {"vhm.base": "https://www.example.com:\uff18\uff10"},
+        {"health.host": "www.example.org:\uff18\uff10"},
+        {"health.host": "www.example.org:70000"},
     ],
 )
 def test_unicode_digits_are_not_numbers(values: dict) -> None:

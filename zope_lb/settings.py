@@ -251,10 +251,19 @@ def as_admin_path(value: object) -> str:
     return text
 
 
+_HOST_HEADER = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?", re.ASCII)
+
+
 def as_optional_host(value: object) -> str:
+    """A ``Host`` header: a name or IP (IPv6 in brackets), optionally ``:port``."""
     text = str(value).strip()
-    if text and (any(c.isspace() for c in text) or "/" in text):
+    if not text:
+        return text
+    match = _HOST_HEADER.fullmatch(text)
+    if not match:
         raise ValueError("must be a host name, optionally with :port")
+    if match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
     return text
 
 
