@@ -143,6 +143,9 @@ def test_wrong_credentials_get_401_then_429_at_once_until_the_window_frees(lb, c
     basic(attacker).get(f"{ADMIN}/api/status", status=429)  # even the right one, for now
     operator = basic(TestApp(app, extra_environ={"REMOTE_ADDR": "127.0.0.2"}))
     assert operator.get(f"{ADMIN}/api/status").json["total"] == 2  # another address
+    # the right password is now remembered, but no oracle: still 429 from here
+    basic(attacker).get(f"{ADMIN}/api/status", status=429)
+    basic(attacker, password="wrong").get(f"{ADMIN}/api/status", status=429)
     now[0] += 30
     assert attacker.get(f"{ADMIN}/api/status", status=429).headers["Retry-After"] == "30"
     now[0] += 30  # the first failure leaves the window: one more try
@@ -202,6 +205,7 @@ def test_failures_leave_the_window_and_memory_is_bounded():
     assert [budget.charge("a") for _ in range(3)] == [0, 0, 0]
     assert budget.spent("a") == 3
     assert budget.charge("a") == pytest.approx(60)  # spent: refused, not counted
+    assert budget.retry_after("a") == pytest.approx(60) and budget.retry_after("z") == 0
     assert budget.charge("b") == 0
     budget.refund("b")  # a right password is no failure
     assert budget.spent("b") == 0
@@ -456,3 +460,20 @@ def test_the_health_endpoint_stays_public_when_the_admin_is_locked(lb, peer):
     assert "admin" not in health.text and PASSWORD not in health.text
     app.get(f"{ADMIN}/", status=401 if peer == "127.0.0.1" else 403)
     app.get(f"{ADMIN}/api/status", status=401 if peer == "127.0.0.1" else 403)
+
+
+def test_parallel_calls_with_the_right_password_never_meet_the_budget(lb):
+    """An API client (a script, a scraper) sends Basic on every call, maybe many at
+    once: once its password passed, its calls charge nothing."""
+    app = AdminApp(lb, login_limit=2)
+    operator = basic(TestApp(app, extra_environ=dict(LOCAL)))
+    operator.get(f"{ADMIN}/api/status")
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(
+        operator.get(f"{ADMIN}/api/status", expect_errors=True).status_int))
+        for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert statuses == [200] * 20

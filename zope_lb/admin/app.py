@@ -154,6 +154,11 @@ class AdminApp:
         credentials = basic_credentials(request.environ.get("HTTP_AUTHORIZATION"))
         if credentials is not None:
             name, password = credentials
+            refused = self._over_budget(kind, client, charge=False)
+            if refused is not None:  # first: even a remembered password, or it is an oracle
+                return refused
+            if accounts.remembered(name, password):  # an API client's every call: no charge
+                return accounts.basic_identity(name)
             refused = self._over_budget(kind, client)
             if refused is not None:
                 return refused
@@ -172,10 +177,11 @@ class AdminApp:
         log.warning("admin: wrong name or password for %r from %s (%d of %d allowed in "
                     "%g s)", name[:64], client, count, self.budget.limit, self.budget.window)
 
-    def _over_budget(self, kind: str, client: str) -> Response | None:
+    def _over_budget(self, kind: str, client: str, *, charge: bool = True) -> Response | None:
         """Charge one failure to ``client`` before its password is checked (refunded
-        when right); None, or 429 at once when the address spent its budget."""
-        wait = self.budget.charge(client)
+        when right; ``charge=False``: only look); None, or 429 at once when the
+        address spent its budget."""
+        wait = self.budget.charge(client) if charge else self.budget.retry_after(client)
         if not wait:
             return None
         seconds = math.ceil(wait)

@@ -143,13 +143,24 @@ class Accounts:
     def _sign(self, *parts: str) -> str:
         return _b64(hmac.new(self._key, "\0".join(parts).encode(), hashlib.sha256).digest())
 
-    def check_password(self, name: str, password: str) -> bool:
-        """Whether ``name`` is a user and ``password`` is theirs."""
-        fingerprint = hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+    def _fingerprint(self, name: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+
+    def remembered(self, name: str, password: str) -> bool:
+        """Whether this name and password passed a check lately: no scrypt needed
+        (and no guess: the failure budget is not charged for it)."""
+        fingerprint = self._fingerprint(name, password)
         with self._lock:
             if fingerprint in self._verified:
                 self._verified.move_to_end(fingerprint)
                 return True
+        return False
+
+    def check_password(self, name: str, password: str) -> bool:
+        """Whether ``name`` is a user and ``password`` is theirs."""
+        if self.remembered(name, password):
+            return True
+        fingerprint = self._fingerprint(name, password)
         secret = self._hashes.get(name)
         if secret is None:
             # Cost the same as a real check, so timing does not tell which names exist.
@@ -240,6 +251,13 @@ class FailureBudget:
         while times and times[0] <= now - self.window:
             times.popleft()
         return times
+
+    def retry_after(self, address: str) -> float:
+        """0 while ``address`` may try a password, else the seconds until it may."""
+        now = self._clock()
+        with self._lock:
+            times = self._times(address, now)
+            return max(times[0] + self.window - now, 0.001) if len(times) >= self.limit else 0.0
 
     def charge(self, address: str) -> float:
         """Before a password check: 0 and one failure counted (refund it if the
