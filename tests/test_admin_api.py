@@ -215,3 +215,26 @@ def test_every_answer_matches_the_openapi_document(lb, backends):
     conflict = "/api/backends/{id}/enable"
     check(conflict, "post", app.post(f"{API}/backends/c1/enable", status=409), conflict)
     check("/api/status", "get", app.get(f"{API}/status"))
+
+
+@pytest.mark.parametrize("body, field, rule", [
+    ({"maxconn": 100000000}, "maxconn", "must be a whole number from 0 to 10000"),
+    ({"health.interval": "0.0001"}, "health.interval", "must be from 100 ms to 1 day"),
+    ({"retries": "\u0663"}, "retries", "must be a whole number (digits 0-9)"),
+    ({"queue.timeout": "2 days"}, "queue.timeout", "must be a duration"),
+])
+def test_numbers_out_of_bounds_are_refused_and_change_nothing(lb, body, field, rule):
+    before = lb.settings
+    error = api(lb).put_json(f"{API}/balancing", body, status=400).json
+    assert error["field"] == field and error["rule"].startswith(rule)
+    assert field in error["error"]
+    assert lb.settings is before and served(lb) == {"b0": 3, "b1": 3}
+
+
+def test_every_backend_at_weight_zero_is_refused_through_the_api(lb, backends):
+    before = lb.settings
+    error = api(lb).put_json(f"{API}/backends", {"backends": [
+        f"{backends[0].address} weight=0", f"{backends[1].address} weight=0"]},
+        status=400).json
+    assert error["field"] == "backends" and "every backend has weight=0" in error["rule"]
+    assert lb.settings is before

@@ -215,3 +215,21 @@ def test_cli_refuses_negative_thresholds(capsys):
     check.add_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["http://x", "--warning", "-1"])
+
+
+def test_without_backend_details_the_line_says_where_they_are():
+    """Outside the balancer's admin.allow the endpoint gives the counts alone."""
+    payload = {"status": "degraded", "healthy": 2, "total": 3}
+    assert check.evaluate(payload) == (
+        1, "ZOPE_LB WARNING - 2 of 3 backends healthy (which, and why: only from an "
+           "address in the balancer's admin.allow) | healthy=2;2;0;0;3 total=3")
+    assert check.evaluate({**payload, "healthy": 3})[1].startswith(
+        "ZOPE_LB OK - 3 of 3 backends healthy | ")
+
+
+@pytest.mark.parametrize("text", ["\u0663", "\uff11", "1.5"])
+def test_cli_thresholds_are_ascii_whole_numbers(text):
+    parser = argparse.ArgumentParser()
+    check.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["http://x", "--warning", text])

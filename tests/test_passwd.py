@@ -129,3 +129,14 @@ def test_the_zope_lb_passwd_command_as_installed():
     name, _, hashed = result.stdout.strip().partition(":")
     assert name == "editor" and verify_password("pw with spaces", hashed)
     assert "pw with spaces" not in result.stdout + result.stderr
+
+
+def test_a_hash_with_non_ascii_digits_never_matches(caplog):
+    from zope_lb.passwd import hash_password, verify_password
+
+    good = hash_password("pw")
+    scheme, n, r, p, salt, key = good.split("$")
+    fullwidth = "".join(chr(ord(c) - ord("0") + 0xFF10) for c in n)
+    assert verify_password("pw", good)
+    assert not verify_password("pw", "$".join((scheme, fullwidth, r, p, salt, key)))
+    assert "digits 0-9" in caplog.text

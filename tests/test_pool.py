@@ -6,6 +6,7 @@ checked against real backends in test_balancing.py.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -193,7 +194,11 @@ def test_weight_zero_takes_no_new_requests_and_leaves_them_to_the_backups(strate
 
 
 def test_only_weight_zero_backends_is_503_at_once():
-    pool = make_pool("a:1 weight=0\nb:2 weight=0", **{"queue.timeout": 3})
+    """The settings refuse such a list; the pool still answers at once if it gets
+    one (no request may wait out the queue for a backend that cannot come)."""
+    settings = parse_settings({"backends": "a:1\nb:2", "queue.timeout": 3})
+    zero = tuple(dataclasses.replace(spec, weight=0) for spec in settings.backends)
+    pool = BackendPool(dataclasses.replace(settings, backends=zero), pool_factory=StubPool)
     started = time.monotonic()
     with pytest.raises(NoBackendAvailable, match="no backend is available"):
         pool.acquire(RoundRobin(), {})

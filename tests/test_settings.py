@@ -63,10 +63,10 @@ BAD_BACKEND_LINES = [
     ("999.1.1.1:8080", "'999.1.1.1' is not a valid IPv4 address"),
     ("10.0.0:8080", "'10.0.0' is not a valid IPv4 address"),
     ("a:80 weight=x", "'weight=x': must be a whole number"),
-    ("a:80 weight=-1", "'weight=-1': must be 0 or more"),
+    ("a:80 weight=-1", "'weight=-1': must be a whole number from 0 to 100"),
     ("a:80 weight=", "'weight=': must be a whole number"),
     ("a:80 maxconn=many", "'maxconn=many': must be a whole number"),
-    ("a:80 maxconn=-2", "'maxconn=-2': must be 0 or more"),
+    ("a:80 maxconn=-2", "'maxconn=-2': must be a whole number from 0 to 10000"),
     ("a:80 id=-x", "'id=-x': an id is 1-64 letters, digits"),
     ("a:80 id=", "'id=': an id is 1-64 letters, digits"),
     ("a:80 id=a/b", "'id=a/b': an id is 1-64 letters, digits"),
@@ -494,10 +494,10 @@ def test_durations_accepted(key: str, text: object, seconds: float) -> None:
 @pytest.mark.parametrize(
     "text, rule",
     [
-        ("0", "must be more than 0 seconds"),
-        ("0ms", "must be more than 0 seconds"),
-        (0, "must be more than 0 seconds"),
-        (-1, "must be more than 0 seconds"),
+        ("0", "must be from 1 ms to 1 day"),
+        ("0ms", "must be from 1 ms to 1 day"),
+        (0, "must be from 1 ms to 1 day"),
+        (-1, "must be from 1 ms to 1 day"),
         ("-1", "must be a duration such as 5, 2.5, 500ms, 30s or 2m"),
         ("5h", "must be a duration such as 5, 2.5, 500ms, 30s or 2m"),
         ("abc", "must be a duration such as 5, 2.5, 500ms, 30s or 2m"),
@@ -515,14 +515,14 @@ def test_durations_refused(key: str, text: object, rule: str) -> None:
 @pytest.mark.parametrize(
     "key, text, rule",
     [
-        ("maxconn", "four", "must be a whole number"),
-        ("maxconn", "-1", "must be 0 or more"),
-        ("maxconn", "2.5", "must be a whole number"),
+        ("maxconn", "four", "must be a whole number (digits 0-9)"),
+        ("maxconn", "-1", "must be a whole number from 0 to 10000"),
+        ("maxconn", "2.5", "must be a whole number (digits 0-9)"),
         ("maxconn", True, "must be a whole number"),
-        ("retries", "-1", "must be 0 or more"),
-        ("retries", "", "must be a whole number"),
-        ("passive.fall", "0", "must be 1 or more"),
-        ("passive.fall", 0, "must be 1 or more"),
+        ("retries", "-1", "must be a whole number from 0 to 100"),
+        ("retries", "", "must be a whole number (digits 0-9)"),
+        ("passive.fall", "0", "must be a whole number from 1 to 100"),
+        ("passive.fall", 0, "must be a whole number from 1 to 100"),
     ],
 )
 def test_whole_numbers_refused(key: str, text: object, rule: str) -> None:
@@ -677,3 +677,133 @@ def test_a_clear_text_admin_password_is_refused_and_never_echoed():
         parse_settings({"backends": "a:80\nb:80", "admin.users": "admin:hunter2"})
     assert "hunter2" not in str(info.value)
     assert "zope-lb passwd" in str(info.value)
+
+
+# -- bounds on every number (issue 11 item 6) ------------------------------------------
+
+RANGE = "must be a whole number from"
+
+
+@pytest.mark.parametrize(
+    "key, text, rule",
+    [
+        ("maxconn", "100000000", f"{RANGE} 0 to 10000"),
+        ("maxconn", "10001", f"{RANGE} 0 to 10000"),
+        ("retries", "101", f"{RANGE} 0 to 100"),
+        ("queue.size", "100001", f"{RANGE} 0 to 100000"),
+        ("health.rise", "101", f"{RANGE} 1 to 100"),
+        ("health.fall", "0", f"{RANGE} 1 to 100"),
+        ("passive.fall", "1000", f"{RANGE} 1 to 100"),
+        ("notify.min_healthy", "1001", f"{RANGE} 0 to 1000"),
+        ("health.interval", "0.0001", "must be from 100 ms to 1 day"),
+        ("health.interval", "50ms", "must be from 100 ms to 1 day"),
+        ("health.interval", "1441m", "must be from 100 ms to 1 day"),
+        ("timeout.read", "0.0001", "must be from 1 ms to 1 day"),
+        ("timeout.read", "86401", "must be from 1 ms to 1 day"),
+        ("timeout.connect", float("inf"), "must be from 1 ms to 1 day"),
+        ("timeout.connect", float("nan"), "must be from 1 ms to 1 day"),
+        ("queue.timeout", "1441m", "must be from 1 ms to 1 day"),
+        ("health.timeout", "999999", "must be from 1 ms to 1 day"),
+        ("passive.cooldown", "0.5ms", "must be from 1 ms to 1 day"),
+        ("slowstart", "86401", "must be from 1 ms to 1 day"),
+        ("hash.load_factor", "nan", "must be a number such as 1.25"),
+        ("hash.load_factor", "1_5", "must be a number such as 1.25"),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused(key: str, text: object, rule: str) -> None:
+    error = _config_error({"backends": "a:80\nb:80", key: text})
+    assert (error.key, error.rule) == (key, rule)
+    assert str(error) == f"{key} {text!r}: {rule}"
+
+
+@pytest.mark.parametrize(
+    "key, text",
+    [
+        ("maxconn", "10000"), ("maxconn", "0"), ("retries", "100"),
+        ("queue.size", "100000"), ("health.rise", "100"), ("passive.fall", "100"),
+        ("health.interval", "100ms"), ("health.interval", "0"), ("health.interval", "1440m"),
+        ("timeout.read", "86400"), ("timeout.connect", "1ms"), ("slowstart", "0"),
+        ("notify.min_healthy", "1000"),
+    ],
+)
+def test_numbers_at_their_bounds_are_accepted(key: str, text: str) -> None:
+    parse_settings({"backends": "a:80\nb:80", key: text})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"maxconn": "\uff18"},  # fullwidth 8
+        {"retries": "\u0663"},  # Arabic-Indic 3
+        {"health.rise": "\u0969"},  # Devanagari 3
+        {"timeout.read": "\uff13\uff10"},
+        {"queue.timeout": "\u0663s"},
+        {"hash.load_factor": "\u0661.5"},
+        {"health.expect": "\u0662\u0660\u0660"},
+        {"passive.status": "50\u0662"},
+        {"vhm.base": "https://www.example.com:\uff18\uff10"},
+        {"health.host": "www.example.org:\uff18\uff10"},
+        {"health.host": "www.example.org:70000"},
+    ],
+)
+def test_unicode_digits_are_not_numbers(values: dict) -> None:
+    error = _config_error({"backends": "a:80\nb:80", **values})
+    assert error.key == next(iter(values))
+
+
+@pytest.mark.parametrize(
+    "line, rule",
+    [
+        ("a:\uff18\uff10\uff18\uff11", "the port must be a number from 1 to 65535"),
+        ("a:\u0668\u0660", "the port must be a number from 1 to 65535"),
+        ("a:80 weight=\u0663", "must be a whole number (digits 0-9)"),
+        ("a:80 maxconn=\uff14", "must be a whole number (digits 0-9)"),
+        ("a:80 weight=101", f"{RANGE} 0 to 100"),
+        ("a:80 weight=1000000", f"{RANGE} 0 to 100"),
+        ("a:80 maxconn=100000000", f"{RANGE} 0 to 10000"),
+        ("a:080808", "the port must be a number from 1 to 65535"),
+        ("\u0661\u0660.0.0.1:80", "is not a valid host name"),
+    ],
+)
+def test_backend_line_numbers_are_ascii_and_bounded(line: str, rule: str) -> None:
+    error = _backends_error(f"b:80\n{line}")
+    assert error.line == 2 and rule in error.rule
+
+
+def test_weights_and_maxconn_at_their_bounds_are_accepted() -> None:
+    spec = parse_backend_line("a:65535 weight=100 maxconn=10000")
+    assert (spec.port, spec.weight, spec.maxconn) == (65535, 100, 10000)
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"backends": "a:80 weight=0\nb:80 weight=0"}, "backends"),
+        ({"backends": "a:80 weight=0\nc:80 weight=0 backup"}, "backends"),
+        ({"backends": "a:80\nb:80", "pool.api.backends": "c:80 weight=0\nd:80 weight=0",
+          "pool.api.match": "path:/++api++"}, "pool.api.backends"),
+    ],
+)
+def test_every_backend_at_weight_zero_is_refused(values: dict, key: str) -> None:
+    error = _config_error(values)
+    assert error.key == key and "every backend has weight=0" in error.rule
+
+
+@pytest.mark.parametrize("lines, weights", [
+    ("a:80 weight=0\nb:80\nc:80 weight=0 backup", [0, 1, 0]),
+    ("a:80 weight=0\nc:80 weight=3 backup", [0, 3]),  # the backup serves
+])
+def test_some_backends_at_weight_zero_are_fine(lines: str, weights: list) -> None:
+    assert [b.weight for b in parse_settings({"backends": lines}).backends] == weights
+
+
+@pytest.mark.parametrize("path", ["/", "//", "/./", "/a/../"])
+def test_admin_path_must_not_take_every_request(path: str) -> None:
+    error = _config_error({"backends": "a:80\nb:80", "admin.path": path})
+    assert error.key == "admin.path"
+    assert "every request" in error.rule or "segments" in error.rule
+
+
+def test_admin_path_of_its_own_is_accepted() -> None:
+    result = parse_settings({"backends": "a:80\nb:80", "admin.path": "/lb-admin/"})
+    assert result.admin_path == "/lb-admin/"

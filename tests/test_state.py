@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 import urllib3
 from paste.deploy import appconfig, loadapp
+from serve_process import ServeProcess, production_ini
 from servers import free_port, wait_until
 from webtest import TestApp
 
 from zope_lb import ConfigError, LoadBalancer
 from zope_lb import state as state_module
+from zope_lb.admin.api import BALANCING_KEYS
 from zope_lb.settings import parse_settings
 from zope_lb.state import (
+    SAVED,
     StateFile,
     StateFileError,
     load_overrides,
@@ -101,7 +104,6 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
     ('{"version": 2}', "version 2 is not supported"),
     ('{"version": 1, "options": {"timeout.read": 30}}', "options must map option names"),
     ('{"version": 1, "backends": {"c1": "up"}}', "backend 'c1' has state 'up'"),
-    ('{"version": 1, "options": {"state_file": "/x"}}', "may not set 'state_file'"),
     ('{"version": 1, "serial": -1}', "serial must be a whole number"),
     ('{"version": 1, "extra": 1}', "unknown key 'extra'"),
 ])
@@ -156,8 +158,7 @@ def test_only_changes_are_saved_with_what_the_ini_said(pair):
     a, state_a = made[0]
     assert not os.path.exists(path)
     a.apply({"timeout.read": "7"})
-    a.backend_action("c1", "disable")
-    state_a.save()  # what the admin API does after a backend action
+    a.backend_action("c1", "disable")  # saved before it is done
     saved = read_json(path)
     assert saved["options"] == {"timeout.read": "7"}
     assert saved["ini"] == {"timeout.read": "300"}
@@ -167,7 +168,6 @@ def test_only_changes_are_saved_with_what_the_ini_said(pair):
     assert [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")] == []
     a.backend_action("c1", "enable")
     a.apply({"timeout.read": "300"})  # back to the ini: nothing left to keep
-    state_a.save()
     saved = read_json(path)
     assert saved["options"] == {} and saved["backends"] == {}
 
@@ -176,7 +176,6 @@ def test_another_balancer_follows_the_file_and_does_not_write_back(pair, backend
     (a, state_a), (b, state_b) = pair[0]
     a.apply({"timeout.read": "7", "backends": backend_lines(backends, ["c0", "c1", "c2"])})
     a.backend_action("c0", "drain")
-    state_a.save()
     written = Path(state_a.path).read_bytes()
     assert state_b.poll() is True
     assert b.settings.timeout_read == 7
@@ -187,7 +186,6 @@ def test_another_balancer_follows_the_file_and_does_not_write_back(pair, backend
     assert state_a.poll() is False  # its own save is not applied again
     assert state_b.poll() is False
     a.backend_action("c0", "enable")
-    state_a.save()
     assert state_b.poll() is True
     assert b.pool.backends[0].state.value == "up"
 
@@ -199,7 +197,6 @@ def test_edits_in_two_processes_between_polls_are_both_kept(pair):
     path = pair[2]
     a.apply({"timeout.read": "7"})
     a.backend_action("c1", "disable")
-    state_a.save()
     b.apply({"retries": "1"})  # B has not polled since A saved
     saved = read_json(path)
     assert saved["options"] == {"timeout.read": "7", "retries": "1"}
@@ -273,7 +270,9 @@ def test_an_option_edited_in_the_ini_since_wins_over_the_state_file(tmp_path, ba
     assert "timeout.read was changed in the ini" in caplog.text
 
 
-def test_a_named_pool_removed_at_run_time_stays_removed(tmp_path, backends):
+def test_only_what_the_admin_can_change_is_saved(tmp_path, backends):
+    """A named pool removed, or notify.command set, in code at run time is not kept:
+    the admin pages cannot do either, and the state file holds only what they can."""
     ini = {"backends": backend_lines(backends[:2]),
            "pool.zmi.backends": backends[2].address, "pool.zmi.match": "path:*/manage*"}
     balancer = LoadBalancer.from_settings(parse_settings(ini))
@@ -282,14 +281,67 @@ def test_a_named_pool_removed_at_run_time_stays_removed(tmp_path, backends):
     try:
         options = {k: v for k, v in balancer.current_options().items()
                    if not k.startswith("pool.")}
-        balancer.apply(options, replace=True)
-        assert read_json(path)["options"]["pool.zmi.backends"] is None
+        balancer.apply({**options, "notify.command": "/bin/true", "retries": "1"},
+                       replace=True)
+        assert read_json(path)["options"] == {"retries": "1"}
         again = LoadBalancer.from_settings(parse_settings(merge(ini, load_overrides(path, ini))))
-        assert [p.name for p in again.pools] == ["default"]
+        assert [p.name for p in again.pools] == ["default", "zmi"]
+        assert again.settings.notify_command == "" and again.settings.retries == 1
         again.close()
     finally:
         state.close()
         balancer.close()
+
+
+EVIL_USERS = "mallory:scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA=="
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({"admin.users": EVIL_USERS}, "admin.users"),
+    ({"retries": "1", "notify.command": "/bin/touch /tmp/owned"}, "notify.command"),
+    ({"admin.allow": "0.0.0.0/0"}, "admin.allow"),
+    ({"forwarded.trusted": "0.0.0.0/0"}, "forwarded.trusted"),
+    ({"pool.x.backends": "127.0.0.1:1", "pool.x.match": "path:/"}, "pool.x.backends"),
+    ({"state_file": "/x"}, "state_file"),
+])
+def test_a_state_file_setting_what_the_admin_cannot_is_refused(options, key):
+    text = json.dumps({"version": 1, "options": options})
+    with pytest.raises(StateFileError) as info:
+        parse_state(text, "/srv/lb/lb.state.json")
+    message = str(info.value)
+    assert "/srv/lb/lb.state.json" in message
+    assert f"options may not set {key!r}" in message and "\n" not in message
+
+
+def test_the_ini_map_names_only_what_the_admin_can_change_too():
+    text = json.dumps({"version": 1, "ini": {"notify.webhook": "http://x.example/"}})
+    with pytest.raises(StateFileError, match="ini may not set 'notify.webhook'"):
+        parse_state(text, "/srv/lb/lb.state.json")
+
+
+@pytest.mark.parametrize("key", ["backends", *BALANCING_KEYS])
+def test_every_option_the_admin_can_change_may_be_kept(key):
+    assert key in SAVED
+    assert parse_state(json.dumps({"version": 1, "options": {key: "x"}}), "f").options == {
+        key: "x"}
+
+
+def test_a_state_file_that_oversteps_at_run_time_is_logged_and_ignored_whole(
+        pair, caplog, tmp_path):
+    (b, state_b) = pair[0][1]
+    before = b.settings
+    marker = tmp_path / "ran"
+    with open(state_b.path, "w") as out:
+        json.dump({"version": 1, "options": {
+            "retries": "0", "admin.users": EVIL_USERS,
+            "notify.command": f"/bin/touch {marker}"}}, out)
+    assert state_b.poll() is False
+    assert b.settings is before and b.settings.retries == 2
+    assert "changed but was not applied" in caplog.text
+    assert "may not set 'admin.users'" in caplog.text
+    b.backend_action("c0", "disable")  # a state change: no command may run
+    b.backend_action("c0", "enable")
+    assert not marker.exists()
 
 
 # -- real processes ---------------------------------------------------------------------
@@ -426,3 +478,27 @@ def test_invalid_state_file_stops_start_up_naming_it(tmp_path, backends):
     assert str(state) in result.stderr and "timeout.read" in result.stderr
     assert "move it away" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_state_file_naming_admin_users_stops_start_up_in_one_line(tmp_path, backends):
+    """Issue 11 item 5: such a file gave a new account admin and ran a command."""
+    port = free_port()
+    ini = tmp_path / "production.ini"
+    ini.write_text(production_ini([f"{b.address} id=c{i}" for i, b in enumerate(backends[:2])],
+                                  port, app="health.interval = 0"))
+    state = tmp_path / "production.state.json"
+    marker = tmp_path / "ran"
+    state.write_text(json.dumps({"version": 1, "options": {
+        "admin.users": EVIL_USERS, "notify.command": f"/bin/touch {marker}"}}))
+    process = ServeProcess(ini, port)
+    with pytest.raises(RuntimeError):
+        process.start()
+    try:
+        assert process.wait(10) == 2
+    finally:
+        process.stop()
+    errors = [line for line in process.log().splitlines() if "zope-lb:" in line]
+    assert len(errors) == 1, process.log()
+    assert str(state) in errors[0] and "may not set 'admin.users'" in errors[0]
+    assert "Traceback" not in process.log() and not marker.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from .errors import ConfigError
 
@@ -26,7 +27,7 @@ def parse_cpu(text: str) -> str | int:
     value = text.strip().lower()
     if value in (AUTO, ALL):
         return value
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,5}", value, re.ASCII):  # isdigit() takes "٣" too
         return int(value)
     raise ConfigError("--cpu", text, "must be auto, all or a core number such as 0")
 

@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .admin import AdminApp, registry
+from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
 from .errors import UpstreamError
+from .headers import client_address
 from .health import HealthChecker
 from .metrics import Metrics
 from .notify import (
@@ -91,7 +93,9 @@ class LoadBalancer:
         self._clock = clock
         self._pool_factory = pool_factory
         self._wall_clock = time.time
-        self._apply_lock = threading.Lock()
+        # Every change of configuration, re-entrant: the state file saves a change
+        # under it before the change is made, and applies the file's under it.
+        self.apply_lock = threading.RLock()
         self.observer: RequestObserver | None = None
         self.on_apply: list[Callable[[Settings], None]] = []
         self.dispatcher = _dispatcher(settings)
@@ -160,12 +164,15 @@ class LoadBalancer:
         reloaded ini, a state file). A ConfigError (naming key, value, rule and
         line) leaves everything running unchanged. Unchanged backends keep
         their connections and state; new ones take requests at once; removed
-        ones drain. Returns the new settings.
+        ones drain. Returns the new settings. With a state file, the change is
+        saved first: StateSaveError (not writable) leaves everything unchanged too.
         """
-        with self._apply_lock:
+        with self.apply_lock:
             values: dict[str, object] = (
                 dict(changes) if replace else {**self.current_options(), **changes})
             settings = parse_settings(values)
+            if self.state_file is not None:  # kept first: what cannot be kept is not made
+                settings = self.state_file.saving(settings)
             self._switch(settings)
         for callback in self.on_apply:
             callback(settings)
@@ -225,13 +232,13 @@ class LoadBalancer:
         found = self.find_backends(backend_id)
         if not found:
             raise KeyError(backend_id)
+        if self.state_file is not None:  # kept first (StateSaveError: nothing done)
+            self.state_file.save_backend(backend_id, _ADMIN_STATE[action])
         for _, backend in found:
             if action == "drain":
                 backend.drain("drained by an administrator")
             else:
                 getattr(backend, action)()
-        if self.state_file is not None:  # other processes follow within a second
-            self.state_file.save()
         return [backend for _, backend in found]
 
     def stats(self) -> list[dict[str, Any]]:
@@ -344,7 +351,14 @@ class LoadBalancer:
         }
 
     def health_page(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The health as JSON: ``status``, ``healthy`` and ``total`` for anyone; the
+        per-backend rows (addresses, failure texts) only for a client the admin
+        pages would answer (``admin.allow``, decided as the admin decides)."""
         report = self.health()
+        settings = self.settings
+        if not allowed(client_address(environ, settings.forwarded_trusted),
+                       settings.admin_allow):
+            report = {key: report[key] for key in PUBLIC_HEALTH}
         body = json.dumps(report).encode()
         status = "503 Service Unavailable" if report["status"] == "down" else "200 OK"
         start_response(status, [("Content-Type", "application/json"),
@@ -369,6 +383,13 @@ class LoadBalancer:
         self.metrics.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
+
+
+#: What the health endpoint tells a client outside ``admin.allow``.
+PUBLIC_HEALTH = ("status", "healthy", "total")
+
+#: The state a backend action leaves a backend in, as the state file keeps it.
+_ADMIN_STATE = {"enable": None, "disable": "disabled", "drain": "draining"}
 
 
 def _dispatcher(settings: Settings) -> Dispatcher | None:

@@ -3,7 +3,9 @@
 Plone shops already run Nagios, Icinga or a compatible monitor; a plugin that
 prints one line with performance data and exits 0/1/2/3 lets them watch the
 cluster with no new tooling. ``evaluate`` is the pure part (payload in, exit
-code and line out); ``fetch`` is the only I/O.
+code and line out); ``fetch`` is the only I/O. The endpoint names the backends
+that are not up (and why) only to addresses in the balancer's ``admin.allow``;
+from elsewhere the line has the counts alone.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def evaluate(
         trouble = [_describe(b) for b in backends if b.get("state") != "up"]
         if trouble:
             text += ": " + ", ".join(trouble)
+        elif "backends" not in payload:
+            text += " (which, and why: only from an address in the balancer's admin.allow)"
     perfdata = f"healthy={healthy};{warn};{crit};0;{total} total={total}"
     return code, _line(code, text, perfdata)
 
@@ -147,6 +151,8 @@ def _reason(exc: Exception) -> str:
 
 
 def _nonnegative(text: str) -> int:
+    if not text.isascii() or not text.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")

@@ -4,6 +4,8 @@ The whole tree::
 
     ZopeLBError
     ├── ConfigError              bad setting: stops start-up, refuses an edit
+    ├── StateSaveError           an admin edit could not be kept in the state
+    │                              file: refused (500), nothing changed
     └── UpstreamError            a request could not be answered by a backend
         ├── NoBackendAvailable   503: every backend is down, cooling or full
         ├── BackendConnectError  502: connect refused / timed out / DNS failed;
@@ -36,6 +38,17 @@ class ConfigError(ZopeLBError, ValueError):
         self.line = line
         where = f"{key} line {line}" if line is not None else key
         super().__init__(f"{where} {value!r}: {rule}")
+
+
+class StateSaveError(ZopeLBError):
+    """An admin edit could not be written to the state file, so it was not made:
+    an edit that answered 200 and was lost at the next restart would be worse."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"the change was not made: the state file {path} cannot be "
+                         f"written ({problem})")
 
 
 class UpstreamError(ZopeLBError):

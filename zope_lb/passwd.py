@@ -64,6 +64,8 @@ def verify_password(password: str, hashed: str) -> bool:
     try:
         if len(parts) != 6 or parts[0] != SCHEME:
             raise ValueError("not scrypt$N$r$p$SALT$HASH")
+        if not all(x.isascii() and x.isdigit() for x in parts[1:4]):
+            raise ValueError("N, r and p must be whole numbers (digits 0-9)")
         n, r, p = (int(x) for x in parts[1:4])
         if n < 2 or n & (n - 1) or r < 1 or p < 1:
             raise ValueError("N must be a power of two, r and p 1 or more")

@@ -43,47 +43,105 @@ def as_bool(value: object) -> bool:
     raise ValueError("must be true or false (also yes/no, on/off, 1/0)")
 
 
-def _as_int(value: object, minimum: int) -> int:
+#: Whole numbers and decimals are ASCII digits only: ``str.isdigit``, ``\d`` and
+#: ``int()`` also take ``８０８１`` and ``٣``, which no operator means to write.
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+
+#: The bounds of every number (see docs/notes/trust.md): wide enough for any
+#: real Plone site, narrow enough that a typo cannot hang or flood anything.
+MAX_MAXCONN = 10_000  # urllib3 sizes each backend's pool by it at once
+#: uri_hash and source_ip put 100 ring points per unit of weight: ten backends at
+#: weight 100 make a 5 MB ring (built in about 0.3 s); at 1000, 53 MB and seconds.
+MAX_WEIGHT = 100
+MIN_DURATION = 0.001  # 1 ms
+MAX_DURATION = 86_400.0  # 1 day
+MIN_HEALTH_INTERVAL = 0.1  # at most 10 probes a second per backend
+
+
+def _as_int(value: object, minimum: int, maximum: int = 1_000_000) -> int:
     if isinstance(value, bool):
         raise ValueError("must be a whole number")
     if isinstance(value, int):
         number = value
     else:
         text = str(value).strip()
-        if not re.fullmatch(r"[+-]?\d+", text):
-            raise ValueError("must be a whole number")
+        if not _INT.fullmatch(text):
+            raise ValueError("must be a whole number (digits 0-9)")
         number = int(text)
-    if number < minimum:
-        raise ValueError(f"must be {minimum} or more")
+    if not minimum <= number <= maximum:
+        raise ValueError(f"must be a whole number from {minimum} to {maximum}")
     return number
 
 
+def bounded_int(minimum: int, maximum: int) -> Callable[[object], int]:
+    """A converter for a whole number from ``minimum`` to ``maximum``."""
+
+    def convert(value: object) -> int:
+        return _as_int(value, minimum, maximum)
+
+    convert.__doc__ = f"A whole number from {minimum} to {maximum}."
+    convert.__name__ = f"as_int_{minimum}_{maximum}"
+    return convert
+
+
 def as_count(value: object) -> int:
-    """A whole number, 0 or more."""
+    """A whole number, 0 to 1,000,000."""
     return _as_int(value, 0)
 
 
 def as_positive(value: object) -> int:
-    """A whole number, 1 or more."""
+    """A whole number, 1 to 1,000,000."""
     return _as_int(value, 1)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
+as_maxconn = bounded_int(0, MAX_MAXCONN)
+as_weight = bounded_int(0, MAX_WEIGHT)
+as_retries = bounded_int(0, 100)
+as_queue_size = bounded_int(0, 100_000)
+as_checks = bounded_int(1, 100)  # health.rise, health.fall, passive.fall
+as_min_healthy = bounded_int(0, 1000)
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m)?", re.ASCII)
 _UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
 
 
-def as_duration(value: object) -> float:
-    """Seconds, more than 0: ``5``, ``2.5``, ``500ms``, ``30s``, ``2m``."""
+def _seconds(value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.fullmatch(str(value).strip())
-        if not match:
-            raise ValueError("must be a duration such as 5, 2.5, 500ms, 30s or 2m")
-        seconds = float(match.group(1)) * _UNIT[match.group(2)]
-    if not seconds > 0:
-        raise ValueError("must be more than 0 seconds")
+        return float(value)
+    match = _DURATION.fullmatch(str(value).strip())
+    if not match:
+        raise ValueError("must be a duration such as 5, 2.5, 500ms, 30s or 2m")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _in_range(seconds: float, minimum: float, maximum: float = MAX_DURATION) -> float:
+    # "not a <= x <= b" also refuses NaN
+    if not minimum <= seconds <= maximum:
+        raise ValueError(f"must be from {_duration_text(minimum)} to "
+                         f"{_duration_text(maximum)}")
     return seconds
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:g} ms"
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:g} day" + ("" if seconds == 86_400 else "s")
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
+
+
+def as_duration(value: object) -> float:
+    """Seconds, 1 ms to 1 day: ``5``, ``2.5``, ``500ms``, ``30s``, ``2m``."""
+    return _in_range(_seconds(value), MIN_DURATION)
+
+
+def as_interval(value: object) -> float:
+    """``health.interval``: 0 (off), or 100 ms to 1 day."""
+    seconds = _seconds(value)
+    return 0.0 if seconds == 0 else _in_range(seconds, MIN_HEALTH_INTERVAL)
 
 
 def as_networks(value: object) -> tuple[Network, ...]:
@@ -126,13 +184,18 @@ def as_strategy(value: object) -> str:
 
 
 def as_load_factor(value: object) -> float:
-    try:
-        number = float(str(value).strip()) if not isinstance(value, (int, float)) else value
-    except ValueError:
-        raise ValueError("must be a number such as 1.25") from None
-    if isinstance(number, bool) or not 1.0 <= float(number) <= 10.0:
+    if isinstance(value, bool):
+        raise ValueError("must be a number such as 1.25")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        if not _DECIMAL.fullmatch(text):  # float() takes "nan", "1_0" and "١"
+            raise ValueError("must be a number such as 1.25")
+        number = float(text)
+    if not 1.0 <= number <= 10.0:
         raise ValueError("must be a number from 1.0 to 10.0 (1.25: 25 % above the average)")
-    return float(number)
+    return number
 
 
 def as_affinity(value: object) -> str:
@@ -177,11 +240,34 @@ def as_path(value: object) -> str:
     return text
 
 
-def as_optional_host(value: object) -> str:
-    text = str(value).strip()
-    if text and (any(c.isspace() for c in text) or "/" in text):
-        raise ValueError("must be a host name, optionally with :port")
+def as_admin_path(value: object) -> str:
+    """A path under which only the admin lives: never ``/`` (everything would be admin)."""
+    text = as_path(value)
+    if not text.strip("/"):
+        raise ValueError("must not be '/': every request would go to the admin pages; "
+                         "use a path of its own, e.g. /__zope_lb__")
+    if any(seg in ("", ".", "..") for seg in text.strip("/").split("/")):
+        raise ValueError("must not have empty, '.' or '..' segments")
     return text
+
+
+_HOST_HEADER = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?", re.ASCII)
+
+
+def as_optional_host(value: object) -> str:
+    """A ``Host`` header: a name or IP (IPv6 in brackets), optionally ``:port``."""
+    text = str(value).strip()
+    if not text:
+        return text
+    match = _HOST_HEADER.fullmatch(text)
+    if not match:
+        raise ValueError("must be a host name, optionally with :port")
+    if match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return text
+
+
+_STATUS = re.compile(r"[0-9]{1,6}", re.ASCII)
 
 
 def as_statuses(value: object) -> frozenset[int]:
@@ -189,10 +275,9 @@ def as_statuses(value: object) -> frozenset[int]:
     codes: set[int] = set()
     for part in str(value).replace(",", " ").split():
         low, dash, high = part.partition("-")
-        try:
-            first, last = int(low), int(high if dash else low)
-        except ValueError:
-            raise ValueError(f"{part!r} is not a status code or range such as 200-399") from None
+        if not (_STATUS.fullmatch(low) and (not dash or _STATUS.fullmatch(high))):
+            raise ValueError(f"{part!r} is not a status code or range such as 200-399")
+        first, last = int(low), int(high if dash else low)
         if not 100 <= first <= last <= 599:
             raise ValueError(f"{part!r}: status codes run from 100 to 599, low to high")
         codes.update(range(first, last + 1))
@@ -207,8 +292,8 @@ def as_expect(value: object) -> frozenset[int]:
 
 
 def as_duration_or_zero(value: object) -> float:
-    """A duration, or 0 for "off"."""
-    if str(value).strip() in ("0", "0s", "off", "0.0"):
+    """A duration (1 ms to 1 day), or 0 for "off"."""
+    if str(value).strip() in ("0", "0s", "off", "0.0", "0ms"):
         return 0.0
     return as_duration(value)
 
@@ -249,15 +334,21 @@ def as_users(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(users)
 
 
+_VHM_BASE = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?/?",
+                       re.ASCII)
+
+
 def as_vhm_base(value: object) -> str:
     """``auto``, or a fixed public URL ``scheme://host[:port]`` without a path."""
     text = str(value).strip()
     if text in ("", "auto"):
         return text
-    match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?/?", text)
+    match = _VHM_BASE.fullmatch(text)
     if not match:
         raise ValueError("must be auto, or a public URL such as https://www.example.com "
                          "(scheme, host, optional port, no path)")
+    if match.group(3) is not None and not 1 <= int(match.group(3)) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
     return text.rstrip("/")
 
 
@@ -372,10 +463,10 @@ def parse_address(text: str) -> tuple[str, int]:
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            if re.fullmatch(r"[\d.]+", host):
+            if re.fullmatch(r"[0-9.]+", host, re.ASCII):
                 raise ValueError(f"{host!r} is not a valid IPv4 address") from None
             _check_hostname(host)
-    if not port_text.isdigit():
+    if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII):
         raise ValueError("the port must be a number from 1 to 65535")
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -398,9 +489,9 @@ def parse_backend_line(line: str) -> BackendSpec:
         if name == "backup" and not eq:
             fields["backup"] = True
         elif name == "weight" and eq:
-            fields["weight"] = _flag(word, as_count, value)
+            fields["weight"] = _flag(word, as_weight, value)
         elif name == "maxconn" and eq:
-            fields["maxconn"] = _flag(word, as_count, value)
+            fields["maxconn"] = _flag(word, as_maxconn, value)
         elif name == "id" and eq:
             if not _BACKEND_ID.fullmatch(value):
                 raise ValueError(
@@ -496,16 +587,18 @@ REQUIRED = object()
 OPTIONS: tuple[Option, ...] = (
     Option("backends", parse_backends, REQUIRED,
            "One `host:port` per line, optionally followed by `weight=N`, `backup`, "
-           "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`.",
+           "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`. "
+           "`weight` is 0-100, `maxconn` 0-10000.",
            "(required)"),
     Option("strategy", as_strategy, "round_robin",
            "How a backend is picked: `round_robin`, `least_connections`, `random_two`, "
            "`uri_hash`, `source_ip`, `first` (see *Choosing a strategy*), or a plugin's "
            "name (see *Extending*)."),
     # Zope clients have few worker threads (default 4): more in flight only queue there.
-    Option("maxconn", as_count, 4,
+    Option("maxconn", as_maxconn, 4,
            "Requests in flight per backend, unless its line says `maxconn=N` "
-           "(0: no limit); more wait in the queue. Match the Zope client's thread count."),
+           "(0: no limit; at most 10000); more wait in the queue. Match the Zope "
+           "client's thread count."),
     Option("timeout.connect", as_duration, 5.0,
            "Seconds to wait for a backend to accept a connection; then the next "
            "backend is tried.", "5"),
@@ -513,9 +606,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout.read", as_duration, 300.0,
            "Seconds to wait for a backend to answer (and between body chunks); "
            "then 504.", "300"),
-    Option("retries", as_count, 2,
+    Option("retries", as_retries, 2,
            "How many more backends a request may try after a failure that is safe "
-           "to retry."),
+           "to retry (0-100)."),
     Option("preserve_host", as_bool, True,
            "Send the client's `Host` header to the backend (`false`: the backend's "
            "own `host:port`).", "true"),
@@ -528,9 +621,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fallback", as_bool, False,
            "Filter only: when no backend can take a request, the wrapped app "
            "answers it instead of a 502/503 page.", "false"),
-    Option("queue.size", as_count, 256,
-           "Requests that may wait for a free backend slot; when the queue is full, "
-           "503 at once."),
+    Option("queue.size", as_queue_size, 256,
+           "Requests that may wait for a free backend slot (0-100000); when the queue "
+           "is full, 503 at once."),
     Option("queue.timeout", as_duration, 30.0,
            "Seconds a request waits in the queue for a slot; then 503 with "
            "`Retry-After`.", "30"),
@@ -556,18 +649,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("health.host", as_optional_host, "",
            "`Host` header the probe sends (default: the backend's own address).",
            "(backend address)"),
-    Option("health.interval", as_duration_or_zero, 5.0,
-           "Seconds between probes of a backend (jittered by 10 %); `0` turns active "
-           "checks off.", "5"),
+    Option("health.interval", as_interval, 5.0,
+           "Seconds between probes of a backend (jittered by 10 %; 100 ms to 1 day); "
+           "`0` turns active checks off.", "5"),
     Option("health.timeout", as_duration, 2.0,
            "Seconds a probe may take; a Zope client that lost its ZEO server may hang "
            "rather than fail, so a timeout is a failed probe.", "2"),
     Option("health.expect", as_expect, frozenset(range(200, 400)),
            "Statuses (and ranges) a passing probe answers with.", "200-399"),
-    Option("health.rise", as_positive, 2,
-           "Probes in a row that must pass before a down backend is up again."),
-    Option("health.fall", as_positive, 3,
-           "Probes in a row that must fail before an up backend is down."),
+    Option("health.rise", as_checks, 2,
+           "Probes in a row (1-100) that must pass before a down backend is up again."),
+    Option("health.fall", as_checks, 3,
+           "Probes in a row (1-100) that must fail before an up backend is down."),
     Option("health.zeo", as_bool, False,
            "Also read each client's Control Panel and take it out when its ZEO "
            "connection is `(disconnected)`: a plain probe cannot see that. Needs "
@@ -576,14 +669,16 @@ OPTIONS: tuple[Option, ...] = (
            "`user:password` of a Zope Manager, for `health.zeo`.", "(none)", secret=True),
     Option("health.endpoint", as_path, "/__zope_lb__/health",
            "Where the balancer answers its own health as JSON (200 while a backend "
-           "is up, 503 when none is), for the monitor that watches it."),
+           "is up, 503 when none is), for the monitor that watches it; which backends "
+           "and why only to `admin.allow` addresses."),
     Option("slowstart", as_duration_or_zero, 0.0,
            "Seconds over which a recovered backend's weight ramps up to full, starting "
            "at 5 % (0 would mean no requests at all), so a cold Zope client (empty "
            "object cache) is not flooded; `0`: off.", "0 (off)"),
-    Option("passive.fall", as_positive, 3,
-           "Failed requests in a row (connect errors, timeouts, broken connections, "
-           "`passive.status` answers) after which a backend is marked down at once."),
+    Option("passive.fall", as_checks, 3,
+           "Failed requests in a row (1-100: connect errors, timeouts, broken "
+           "connections, `passive.status` answers) after which a backend is marked "
+           "down at once."),
     Option("passive.status", as_statuses, frozenset({502, 503, 504}),
            "Backend answers that count as failed requests (empty: none).", "502 503 504"),
     Option("passive.cooldown", as_duration, 10.0,
@@ -608,7 +703,7 @@ OPTIONS: tuple[Option, ...] = (
            "Public sub-path the site lives under (`/site`): stripped from requests "
            "and added as `_vh_` segments, so Zope's URLs keep it. Needs `vhm.root` "
            "or `vhm.base`.", "(none)"),
-    Option("admin.path", as_path, "/__zope_lb__",
+    Option("admin.path", as_admin_path, "/__zope_lb__",
            "Where the admin pages, the JSON API and the metrics are mounted "
            "(the health endpoint stays public)."),
     Option("admin.users", as_users, (),
@@ -625,7 +720,7 @@ OPTIONS: tuple[Option, ...] = (
            "Where admin changes are kept (atomic JSON), shared by every process "
            "serving the same ini and read again at start; relative to the ini.",
            "`NAME.state.json` beside `NAME.ini`"),
-    Option("notify.min_healthy", as_count, 1,
+    Option("notify.min_healthy", as_min_healthy, 1,
            "Send a `cluster.degraded` event when healthy primaries fall to this "
            "number or below, `cluster.recovered` when they rise above again."),
 )
@@ -760,6 +855,9 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
             "health.method = HEAD: on Zope a first HEAD of an object writes to the "
             "ZODB; GET %s is the safe probe", settings.health_path,
         )
+    for key, specs in (("backends", settings.backends),
+                       *((f"pool.{p.name}.backends", p.backends) for p in settings.pools)):
+        _check_weights(key, specs)
     primaries = [b for b in settings.backends if not b.backup]
     if len(primaries) < 2:
         log.warning(
@@ -767,6 +865,15 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
             "load balancing needs two or more", len(primaries),
         )
     return settings
+
+
+def _check_weights(key: str, specs: tuple[BackendSpec, ...]) -> None:
+    """Every backend at weight 0 can only fail: no request would ever be sent.
+    (Primaries at weight 0 with a backup above it are fine: the backups serve.)"""
+    if not any(spec.weight for spec in specs):
+        raise ConfigError(key, format_value(specs),
+                          "every backend has weight=0, so none would get a request; "
+                          "give at least one a weight of 1 or more")
 
 
 def _parse_pool(name: str, fields: dict[str, Any], default_strategy: str) -> PoolSpec:

@@ -4,15 +4,17 @@ The ini gives the defaults; the state file, if present, overrides them. It
 holds only what an administrator changed, never the whole configuration::
 
     {"version": 1,
-     "options":  {"timeout.read": "30", "pool.zmi.backends": null},
-     "ini":      {"timeout.read": "300", "pool.zmi.backends": "10.0.0.5:8080"},
+     "options":  {"timeout.read": "30", "backends": "10.0.0.5:8080\n10.0.0.6:8080"},
+     "ini":      {"timeout.read": "300", "backends": "10.0.0.5:8080"},
      "backends": {"c1": "disabled", "c2": "draining"},
      "written_by": 4711, "serial": 12, "written_at": "2024-05-01T10:00:00Z"}
 
-``options`` maps each changed option to its ini text (``null``: an option of
-the ini that was removed, such as a named pool). ``ini`` records what the ini
-said for those options when they were written. Theory of operation, for the
-day the operator edits the ini (and restarts, or sends SIGHUP):
+``options`` maps each changed option to its ini text; only what the admin
+pages and API can change may be there (:data:`SAVED`: the default pool's
+backends and the Balancing options), anything else refuses the whole file.
+``ini`` records what the ini said for those options when they were written.
+Theory of operation, for the day the operator edits the ini (and restarts, or
+sends SIGHUP):
 
 - An option the operator did not touch in the ini keeps its runtime override.
 - An option the operator *did* change in the ini since the override was
@@ -57,7 +59,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .admin.api import BALANCING_KEYS
+from .errors import ConfigError, StateSaveError
 from .settings import (
     OPTIONS,
     POOL_FIELDS,
@@ -73,8 +76,12 @@ log = logging.getLogger(__name__)
 VERSION = 1
 DEFAULT_NAME = "zope_lb-state.json"
 ADMIN_STATES = ("disabled", "draining")
-#: Options a state file may not change: where the state file itself is.
-NOT_SAVED = frozenset({"state_file"})
+#: The options a state file may hold: what the admin pages and API can change (the
+#: default pool's backends and the Balancing options). Anything else (admin.users,
+#: notify.command, named pools...) is the ini's alone: a file that names it is
+#: refused whole, at start and at run time, so whoever can write the state file
+#: cannot make an account, run a command or reach another pool.
+SAVED = frozenset({"backends", *BALANCING_KEYS})
 _KEYS = frozenset({"version", "options", "ini", "backends", "serial", "written_by",
                    "written_at"})
 
@@ -136,10 +143,14 @@ def parse_state(text: bytes | str, path: str) -> Saved:
     if data.get("version") != VERSION:
         raise StateFileError(path, f"version {data.get('version')!r} is not supported "
                                    f"(this zope_lb reads version {VERSION})")
-    options = _text_map(data.get("options", {}), "options", path)
-    for key in NOT_SAVED & options.keys():
-        raise StateFileError(path, f"options may not set {key!r}: set it in the ini")
+    options = _text_map(data.get("options", {}), "options", path, null=False)
     ini = _text_map(data.get("ini", {}), "ini", path)
+    for name, keys in (("options", options), ("ini", ini)):
+        for key in sorted(keys.keys() - SAVED):
+            raise StateFileError(
+                path, f"{name} may not set {key!r}: a state file keeps only what the admin "
+                      "pages and API change (backends and the Balancing options); set it "
+                      "in the ini")
     backends = data.get("backends", {})
     if not isinstance(backends, dict):
         raise StateFileError(path, "backends must map backend ids to disabled or draining")
@@ -156,10 +167,11 @@ def parse_state(text: bytes | str, path: str) -> Saved:
     return Saved(options, ini, dict(backends), **counts)
 
 
-def _text_map(value: Any, name: str, path: str) -> dict[str, str | None]:
+def _text_map(value: Any, name: str, path: str, null: bool = True) -> dict[str, str | None]:
     if not isinstance(value, dict) or not all(
-            isinstance(v, str) or v is None for v in value.values()):
-        raise StateFileError(path, f"{name} must map option names to ini text (or null)")
+            isinstance(v, str) or (null and v is None) for v in value.values()):
+        raise StateFileError(path, f"{name} must map option names to ini text"
+                                   + (" (or null)" if null else ""))
     return dict(value)
 
 
@@ -218,10 +230,10 @@ def _on_top(base: Mapping[str, str], overrides: Mapping[str, str | None]) -> dic
 
 
 def changes(base: Mapping[str, str], current: Mapping[str, str]) -> tuple[Overrides, Overrides]:
-    """What differs from the ini: (options, what the ini said for each)."""
+    """What the admin changed from the ini: (options, what the ini said for each).
+    Only :data:`SAVED` options: what else runs differently (set in code) is not kept."""
     options: Overrides = {k: v for k, v in current.items()
-                          if base.get(k) != v and k not in NOT_SAVED}
-    options.update({k: None for k in base if k not in current and k not in NOT_SAVED})
+                          if k in SAVED and base.get(k) != v}
     return options, {k: base.get(k) for k in options}
 
 
@@ -348,10 +360,14 @@ def _check(path: str, base: Mapping[str, str], overrides: Mapping[str, str | Non
 class StateFile:
     """Keeps one balancer's runtime changes in ``path`` and follows other processes'.
 
-    ``start()`` applies the saved backend states, saves after every
-    ``balancer.apply`` (through ``balancer.on_apply``) and starts the watcher;
-    call ``save()`` after a backend action too. Changes read from the file (or a
-    SIGHUP reload) are applied without being written back.
+    ``start()`` applies the saved backend states, becomes ``balancer.state_file``
+    and starts the watcher. An edit is saved *before* it is made: ``balancer.apply``
+    calls :meth:`saving` and ``balancer.backend_action`` calls :meth:`save_backend`
+    first, so an edit that cannot be written raises :class:`StateSaveError` and
+    changes nothing (rather than answering 200 and being lost at the next
+    restart). Changes read from the file (or a SIGHUP reload) are applied
+    without being written back. One re-entrant lock, the balancer's
+    ``apply_lock``, orders saving and applying, so neither waits on the other.
     """
 
     def __init__(self, path: str, balancer: Any, ini_options: Mapping[str, object], *,
@@ -363,8 +379,10 @@ class StateFile:
         self._clock = clock
         self._base = baseline(ini_options)
         self._seen: bytes | None = None  # the file as this process last wrote or applied it
-        self._lock = threading.RLock()
+        self._lock = getattr(balancer, "apply_lock", None) or threading.RLock()
         self._local = threading.local()  # .quiet: changes that must not be saved
+        self._pending: dict[str, str] | None = None  # merged backend states to take on
+        self._read_error = ""  # reported once, not at every poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -375,6 +393,7 @@ class StateFile:
             self._apply(data)
             self._seen = data
         self.balancer.on_apply.append(self._applied)
+        self.balancer.state_file = self
         if self.poll_interval > 0:
             self._thread = threading.Thread(target=self._watch, daemon=True,
                                             name="zope-lb-state")
@@ -383,33 +402,77 @@ class StateFile:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _applied(self, settings: Settings) -> None:
-        self.save()
+    def saving(self, settings: Settings) -> Settings:
+        """Save the runtime changes ``settings`` make, before they run; returns the
+        settings to run: ``settings``, with the edits of another process that saved
+        since merged in. StateSaveError (file not writable) or ConfigError (the
+        merge is invalid): nothing was written, and the caller changes nothing."""
+        if getattr(self._local, "quiet", False):
+            return settings
+        ids = {spec.id for spec in settings.backends}
+        ids.update(spec.id for pool in settings.pools for spec in pool.backends)
+        states = {k: v for k, v in admin_states(self.balancer.pools).items() if k in ids}
+        merged, states = self._write(format_options(settings), states)
+        if merged is None:
+            return settings
+        self._pending = states
+        return merged
 
-    def save(self) -> bool:
-        """Write this process's runtime changes; False if not written (logged).
+    def _applied(self, settings: Settings) -> None:
+        """After an edit: take on the backend states merged from another process."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                with self._quiet():
+                    self._sync_backends(pending)
+
+    def save_backend(self, backend_id: str, state: str | None) -> None:
+        """Save ``backend_id`` as ``state`` (disabled, draining; None: enabled) before
+        the action is taken; StateSaveError if it cannot be written (take no action)."""
+        states = {k: v for k, v in admin_states(self.balancer.pools).items() if k != backend_id}
+        if state is not None:
+            states[backend_id] = state
+        self.save(states)
+
+    def save(self, backends: Mapping[str, str] | None = None) -> None:
+        """Write this process's runtime changes as they run now (backend states:
+        ``backends``, else the running ones); StateSaveError if not written."""
+        if getattr(self._local, "quiet", False):
+            return
+        with self._lock:
+            merged, states = self._write(
+                self.balancer.current_options(),
+                admin_states(self.balancer.pools) if backends is None else backends)
+            if merged is not None:  # take the other process's edits on, too
+                with self._quiet():
+                    if format_options(merged) != self.balancer.current_options():
+                        self.balancer.apply(format_options(merged), replace=True)
+                    self._sync_backends(states)
+
+    def _write(self, current: Mapping[str, str], backends: Mapping[str, str]
+               ) -> tuple[Settings | None, dict[str, str]]:
+        """Write the changes ``current`` and ``backends`` make from the ini.
 
         Another process may have saved since this one last read the file (it
         polls every ``poll_interval``). Its edits are kept: per option and per
         backend, this process's value where it changed it since, the file's
-        otherwise (a three-way merge), and this process then runs the merged
-        result. Read, merge and write happen under a lock on the directory."""
-        if getattr(self._local, "quiet", False):
-            return False
+        otherwise (a three-way merge). Returns the merged settings (None when
+        nothing was merged) and backend states. Read, merge and write happen
+        under a lock on the directory."""
         with self._lock, _directory_lock(self.path):
-            options, ini = changes(self._base, self.balancer.current_options())
-            backends = admin_states(self.balancer.pools)
-            current, theirs = self._read_for_merge()
-            merged = False
-            if theirs is not None and current != self._seen:
-                merged = True
+            options, ini = changes(self._base, current)
+            states = dict(backends)
+            data_now, theirs = self._read_for_merge()
+            merged: Settings | None = None
+            if theirs is not None and data_now != self._seen:
                 before = self._parsed(self._seen)
                 options = three_way(before.options, options, theirs.options)
                 ini = {k: ini[k] if k in ini else theirs.ini.get(k) for k in options}
-                backends = three_way(before.backends, backends, theirs.backends)
+                states = three_way(before.backends, states, theirs.backends)
+                merged = _check(self.path, self._base, options)
             serial = max(self.serial, theirs.serial if theirs is not None else 0) + 1
             document = {
-                "version": VERSION, "options": options, "ini": ini, "backends": backends,
+                "version": VERSION, "options": options, "ini": ini, "backends": states,
                 "written_by": os.getpid(), "serial": serial,
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             }
@@ -417,17 +480,11 @@ class StateFile:
             try:
                 write_atomically(self.path, data)
             except OSError as exc:
-                log.error("runtime change applied but not saved to %s: %s", self.path, exc)
-                return False
+                log.error("runtime change refused: %s cannot be written: %s", self.path, exc)
+                raise StateSaveError(self.path, exc.strerror or str(exc)) from None
             self._seen = data
             self.serial = serial
-            if merged:
-                try:
-                    self._apply(data)  # take the other process's edits on, too
-                except ConfigError as exc:
-                    log.error("%s: the edits merged from another process were saved but "
-                              "not applied here: %s", self.path, exc)
-        return True
+        return merged, states
 
     def _read_for_merge(self) -> tuple[bytes | None, Saved | None]:
         """The file as it is now, and parsed (None if missing or unusable: an
@@ -452,8 +509,11 @@ class StateFile:
             try:
                 data = read_bytes(self.path)
             except OSError as exc:
-                log.error("cannot read %s: %s", self.path, exc)
+                if str(exc) != self._read_error:  # once, not twice a second
+                    log.error("cannot read %s: %s", self.path, exc)
+                self._read_error = str(exc)
                 return False
+            self._read_error = ""
             if data == self._seen:
                 return False
             self._seen = data  # an invalid file is reported once, not every poll
@@ -536,6 +596,8 @@ class StateFile:
             self._thread = None
         with contextlib.suppress(ValueError):
             self.balancer.on_apply.remove(self._applied)
+        if getattr(self.balancer, "state_file", None) is self:
+            self.balancer.state_file = None
 
 
 # -- SIGHUP: the ini read again ---------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from webob import Request, Response
 
 from ..backend import State, next_state
-from ..errors import ConfigError
+from ..errors import ConfigError, StateSaveError
 from ..settings import OPTIONS, Settings
 from ..strategies import known_strategies
 from .pages import ACTION_TARGET, Field
@@ -99,6 +99,11 @@ def config_error(exc: ConfigError) -> Response:
     return json_error(400, str(exc), exc.key, exc.line, exc.rule)
 
 
+def save_error(exc: StateSaveError) -> Response:
+    """500: the edit could not be kept, so it was not made."""
+    return json_error(500, str(exc), "state_file", rule=exc.problem)
+
+
 class BadBody(ValueError):
     """The request body is not the JSON object the endpoint takes."""
 
@@ -159,6 +164,8 @@ def put_backends(balancer: Balancer, request: Request, user: str) -> Response:
     except ConfigError as exc:
         log.info("admin %s: backend list refused: %s", user, exc)
         return config_error(exc)
+    except StateSaveError as exc:
+        return save_error(exc)
     log.warning("admin %s changed the backends: %s", user, "; ".join(backend_lines(balancer)))
     return get_backends(balancer)
 
@@ -194,6 +201,8 @@ def put_balancing(balancer: Balancer, request: Request, user: str) -> Response:
         apply_balancing(balancer, changes, user)
     except ConfigError as exc:
         return config_error(exc)
+    except StateSaveError as exc:
+        return save_error(exc)
     return get_balancing(balancer)
 
 
@@ -246,5 +255,7 @@ def post_action(balancer: Balancer, backend_id: str, action: str, user: str) -> 
         return json_error(404, f"no backend with id {backend_id!r}", "id")
     except ActionConflict as exc:
         return json_error(409, str(exc), "state")
+    except StateSaveError as exc:
+        return save_error(exc)
     rows = [row for row in balancer.stats() if row["id"] == backend_id]
     return json_response({"backends": rows})

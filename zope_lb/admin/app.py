@@ -14,6 +14,7 @@ The app reads ``balancer.settings`` on each request, so a new ``admin.users``,
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -23,7 +24,7 @@ from urllib.parse import urlencode
 
 from webob import Request, Response
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StateSaveError
 from ..headers import client_address, request_scheme
 from ..verify import verify_cluster
 from . import api, pages
@@ -35,7 +36,7 @@ from .auth import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
     Accounts,
-    FailureThrottle,
+    FailureBudget,
     Identity,
     allowed,
     basic_credentials,
@@ -57,15 +58,16 @@ _ACTION = re.compile(r"/(?:api/)?backends/([^/]+)/(enable|disable|drain)")
 class AdminApp:
     """The admin pages, JSON API and metrics of one balancer (same process).
 
-    Test seams: ``clock`` (wall time, for session expiry), ``delay_step`` and
-    ``delay_max`` (the failed-login delay), ``sleep``, ``verify`` (the function the
+    Test seams: ``clock`` (wall time, for session expiry), ``login_clock`` (the
+    failure budget's clock), ``login_limit`` failures per ``login_window`` seconds
+    from one address before it gets 429, ``verify`` (the function the
     Verify tab runs), ``verify_timeout`` (seconds per request to a client) and
     ``verify_deadline`` (seconds the page waits for the whole run).
     """
 
     def __init__(self, balancer: Balancer, *, clock: Callable[[], float] = time.time,
-                 delay_step: float = 0.2, delay_max: float = 2.0,
-                 forget_after: float = 300.0, sleep: Callable[[float], None] = time.sleep,
+                 login_limit: int = 10, login_window: float = 60.0,
+                 login_clock: Callable[[], float] = time.monotonic,
                  session_max_age: float = SESSION_MAX_AGE,
                  verify: Callable[..., Any] = verify_cluster, verify_timeout: float = 5.0,
                  verify_deadline: float = 30.0):
@@ -77,8 +79,7 @@ class AdminApp:
         self._verifying = threading.Lock()
         self._clock = clock
         self._session_max_age = session_max_age
-        self.throttle = FailureThrottle(step=delay_step, maximum=delay_max,
-                                        forget_after=forget_after, sleep=sleep)
+        self.budget = FailureBudget(limit=login_limit, window=login_window, clock=login_clock)
         self._accounts: Accounts | None = None
         self._lock = threading.Lock()
 
@@ -148,12 +149,21 @@ class AdminApp:
 
     def _identify(self, request: Request, accounts: Accounts, client: str, kind: str,
                   link: str) -> Identity | Response | None:
-        """Basic credentials (checked, wrong ones cost a delay), else the session."""
+        """Basic credentials (checked, wrong ones spend the address's budget), else
+        the session."""
         credentials = basic_credentials(request.environ.get("HTTP_AUTHORIZATION"))
         if credentials is not None:
             name, password = credentials
+            refused = self._over_budget(kind, client, charge=False)
+            if refused is not None:  # first: even a remembered password, or it is an oracle
+                return refused
+            if accounts.remembered(name, password):  # an API client's every call: no charge
+                return accounts.basic_identity(name)
+            refused = self._over_budget(kind, client)
+            if refused is not None:
+                return refused
             if accounts.check_password(name, password):
-                self.throttle.succeeded(client)
+                self.budget.refund(client)
                 return accounts.basic_identity(name)
             self._failed(name, client)
             if kind == "page":  # the browser's own dialog asks again
@@ -162,11 +172,25 @@ class AdminApp:
         return accounts.session(request.cookies.get(SESSION_COOKIE))
 
     def _failed(self, name: str, client: str) -> None:
-        """Log a wrong password and hold this request for the address's delay."""
-        count, delay = self.throttle.failed(client)
-        log.warning("admin: wrong name or password for %r from %s (%d in a row; "
-                    "answering after %.1f s)", name[:64], client, count, delay)
-        self.throttle.wait(delay)
+        """Log a wrong password and spend one of the address's failures."""
+        count = self.budget.spent(client)
+        log.warning("admin: wrong name or password for %r from %s (%d of %d allowed in "
+                    "%g s)", name[:64], client, count, self.budget.limit, self.budget.window)
+
+    def _over_budget(self, kind: str, client: str, *, charge: bool = True) -> Response | None:
+        """Charge one failure to ``client`` before its password is checked (refunded
+        when right; ``charge=False``: only look); None, or 429 at once when the
+        address spent its budget."""
+        wait = self.budget.charge(client) if charge else self.budget.retry_after(client)
+        if not wait:
+            return None
+        seconds = math.ceil(wait)
+        log.info("admin: password check from %s refused: %d wrong in %g s; again in %d s",
+                 client, self.budget.limit, self.budget.window, seconds)
+        response = _refuse(kind, 429, f"Too many wrong passwords from your address; try "
+                                      f"again in {seconds} s.")
+        response.headers["Retry-After"] = str(seconds)
+        return response
 
     def _challenge(self, request: Request, accounts: Accounts, kind: str,
                    link: str) -> Response:
@@ -209,11 +233,17 @@ class AdminApp:
                                                form.get(CSRF_FIELD)):
             return self._login_form(request, accounts, link, next_path, status=403, name=name,
                                     error="The login form expired; please log in again.")
+        refused = self._over_budget("page", client)
+        if refused is not None:  # the form again, with the reason and Retry-After
+            page = self._login_form(request, accounts, link, next_path, status=429, name=name,
+                                    error=refused.text.strip())
+            page.headers["Retry-After"] = refused.headers["Retry-After"]
+            return page
         if not accounts.check_password(name, form.get("password", "")):
             self._failed(name, client)
             return self._login_form(request, accounts, link, next_path, status=401, name=name,
                                     error="Wrong name or password.")
-        self.throttle.succeeded(client)
+        self.budget.refund(client)
         log.info("admin: %s logged in from %s", name, client)
         response = _redirect(next_path)
         response.set_cookie(SESSION_COOKIE, accounts.new_session(name), path=link + "/",
@@ -291,6 +321,8 @@ class AdminApp:
                                             f"No backend with id {backend_id!r}."), 404)
         except api.ActionConflict as exc:
             return _html(pages.message_page(frame, "Not possible", str(exc)), 409)
+        except StateSaveError as exc:
+            return _html(pages.message_page(frame, "Not saved", f"{exc}."), 500)
         return _redirect(f"{frame.base}/?" + urlencode({"done": action, "id": backend_id}))
 
     def _save_basic(self, frame: pages.Frame, text: str, user: str) -> Response:
@@ -302,6 +334,9 @@ class AdminApp:
             log.info("admin %s: backend list refused: %s", user, exc)
             return _html(pages.basic_page(frame, text, error=_describe(exc),
                                           pools=self._pool_names()), 400)
+        except StateSaveError as exc:
+            return _html(pages.basic_page(frame, text, error=f"{exc}.",
+                                          pools=self._pool_names()), 500)
         log.warning("admin %s changed the backends: %s", user,
                     "; ".join(api.backend_lines(self.balancer)))
         return _redirect(f"{frame.base}/basic/?saved=1")
@@ -314,6 +349,10 @@ class AdminApp:
             values = {**api.balancing_values(self.balancer), **changes}
             return _html(pages.balancing_page(frame, api.balancing_fields(values),
                                               error=_describe(exc), error_field=exc.key), 400)
+        except StateSaveError as exc:
+            values = {**api.balancing_values(self.balancer), **changes}
+            return _html(pages.balancing_page(frame, api.balancing_fields(values),
+                                              error=f"{exc}."), 500)
         return _redirect(f"{frame.base}/balancing/?saved=1")
 
     # -- verify ---------------------------------------------------------------------

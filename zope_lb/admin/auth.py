@@ -16,10 +16,11 @@ out. The hashes carry random salts, so the key cannot be guessed by someone who
 cannot read the ini; whoever can read the ini can forge a session, so keep it
 readable only by the service's user (as any file holding password hashes).
 
-Wrong credentials cost the address that sent them a delay that grows with its
-failures (``step`` seconds per failure, at most ``maximum``), forgotten
-``forget_after`` seconds after its last failure. Only the failing request
-waits: other clients, and other threads, are never held up.
+Wrong credentials spend the sending address's failure budget (10 a minute,
+:class:`FailureBudget`), shared by the login form and Basic auth; an address
+that spent it gets 429 with ``Retry-After`` at once, before any password is
+checked, until its oldest failure is a minute old. Nothing sleeps: a guesser
+holds no worker thread, and other addresses are never held up.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,13 +143,24 @@ class Accounts:
     def _sign(self, *parts: str) -> str:
         return _b64(hmac.new(self._key, "\0".join(parts).encode(), hashlib.sha256).digest())
 
-    def check_password(self, name: str, password: str) -> bool:
-        """Whether ``name`` is a user and ``password`` is theirs."""
-        fingerprint = hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+    def _fingerprint(self, name: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+
+    def remembered(self, name: str, password: str) -> bool:
+        """Whether this name and password passed a check lately: no scrypt needed
+        (and no guess: the failure budget is not charged for it)."""
+        fingerprint = self._fingerprint(name, password)
         with self._lock:
             if fingerprint in self._verified:
                 self._verified.move_to_end(fingerprint)
                 return True
+        return False
+
+    def check_password(self, name: str, password: str) -> bool:
+        """Whether ``name`` is a user and ``password`` is theirs."""
+        if self.remembered(name, password):
+            return True
+        fingerprint = self._fingerprint(name, password)
         secret = self._hashes.get(name)
         if secret is None:
             # Cost the same as a real check, so timing does not tell which names exist.
@@ -181,7 +194,7 @@ class Accounts:
         name, issued, nonce, signature = parts
         if not hmac.compare_digest(signature, self._sign("session", name, issued, nonce)):
             return None
-        if not issued.isdigit() or name not in self._hashes:
+        if not re.fullmatch(r"[0-9]{1,12}", issued, re.ASCII) or name not in self._hashes:
             return None
         age = self._clock() - int(issued)
         if not -60 <= age <= self.max_age:
@@ -210,41 +223,68 @@ def check_csrf(identity: Identity, token: str | None) -> bool:
     return bool(token) and hmac.compare_digest(str(token), identity.csrf)
 
 
-class FailureThrottle:
-    """Per-address delay after wrong credentials: ``step`` seconds per recent
-    failure, at most ``maximum``; an address is forgotten ``forget_after``
-    seconds after its last failure. Memory is bounded (``capacity`` addresses)."""
+class FailureBudget:
+    """Per-address budget of wrong credentials: ``limit`` failures in any
+    ``window`` seconds. An address that spent it is refused (429, with the
+    seconds until its oldest failure leaves the window) before any password is
+    checked, so guessing costs neither a worker thread nor scrypt time, and
+    nobody ever sleeps. The login form and Basic auth share the budget.
 
-    def __init__(self, *, step: float = 0.2, maximum: float = 2.0, forget_after: float = 300.0,
-                 capacity: int = 4096, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
-        self.step = step
-        self.maximum = maximum
-        self.forget_after = forget_after
+    Memory is bounded: at most ``capacity`` addresses (the one that failed
+    longest ago is forgotten first), each with at most ``limit`` times.
+    """
+
+    def __init__(self, *, limit: int = 10, window: float = 60.0, capacity: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.window = window
         self.capacity = capacity
         self._clock = clock
-        self._sleep = sleep
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def failed(self, address: str) -> tuple[int, float]:
-        """Count a failure; returns (failures in a row, the delay to impose)."""
+    def _times(self, address: str, now: float) -> deque[float]:
+        """The address's failures still in the window (lock held)."""
+        times = self._failures.get(address)
+        if times is None:
+            return deque(maxlen=self.limit)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def retry_after(self, address: str) -> float:
+        """0 while ``address`` may try a password, else the seconds until it may."""
         now = self._clock()
         with self._lock:
-            count, last = self._failures.pop(address, (0, now))
-            if now - last > self.forget_after:
-                count = 0
-            count += 1
-            self._failures[address] = (count, now)
+            times = self._times(address, now)
+            return max(times[0] + self.window - now, 0.001) if len(times) >= self.limit else 0.0
+
+    def charge(self, address: str) -> float:
+        """Before a password check: 0 and one failure counted (refund it if the
+        password is right), or, with the budget spent, the seconds to wait.
+        Counting first makes 40 parallel guesses count as 40, not as none."""
+        now = self._clock()
+        with self._lock:
+            times = self._times(address, now)
+            if len(times) >= self.limit:
+                return max(times[0] + self.window - now, 0.001)
+            times.append(now)
+            self._failures.pop(address, None)
+            self._failures[address] = times  # the most recent failure last
             while len(self._failures) > self.capacity:
                 self._failures.popitem(last=False)  # the address that failed longest ago
-        return count, min(self.step * count, self.maximum)
+            return 0.0
 
-    def succeeded(self, address: str) -> None:
+    def refund(self, address: str) -> None:
+        """The password was right: the charge was no failure."""
         with self._lock:
-            self._failures.pop(address, None)
+            times = self._failures.get(address)
+            if times:
+                times.pop()
+                if not times:
+                    del self._failures[address]
 
-    def wait(self, seconds: float) -> None:
-        """Hold only the current request for ``seconds``."""
-        if seconds > 0:
-            self._sleep(seconds)
+    def spent(self, address: str) -> int:
+        """Failures of ``address`` in the window."""
+        with self._lock:
+            return len(self._times(address, self._clock()))

@@ -25,6 +25,8 @@ _ERRORS = {
     "401": _json(_ref("Error"), "No or wrong credentials"),
     "403": _json(_ref("Error"), "Address not in admin.allow, cross-site request, or "
                                 "missing X-CSRF-Token with a session cookie"),
+    "429": _json(_ref("Error"), "Too many wrong passwords from this address (10 a minute); "
+                                "Retry-After says when to try again"),
 }
 
 _BACKEND_ROW = {
@@ -102,6 +104,11 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+#: A write whose state file cannot be written is refused whole.
+_NOT_SAVED = {"500": _json(_ref("Error"), "Not made: the state file cannot be written "
+                                          "(the error names it and the OS error)")}
+
+
 def openapi_document(admin_path: str) -> dict[str, Any]:
     """The document, with the server URL at the configured admin path."""
     backend_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -111,7 +118,8 @@ def openapi_document(admin_path: str) -> dict[str, Any]:
             "responses": {"200": _json(_ref("ActionResult"), "Done (or already so)"),
                           **_ERRORS,
                           "404": _json(_ref("Error"), "No backend with this id"),
-                          "409": _json(_ref("Error"), "Not possible in its state")},
+                          "409": _json(_ref("Error"), "Not possible in its state"),
+                          **_NOT_SAVED},
         },
     }
     paths: dict[str, Any] = {
@@ -125,7 +133,8 @@ def openapi_document(admin_path: str) -> dict[str, Any]:
                                "once (removed backends drain)",
                     "requestBody": {"required": True, "content": {
                         "application/json": {"schema": _ref("BackendList")}}},
-                    "responses": {"200": _json(_ref("BackendList"), "Applied"), **_ERRORS}},
+                    "responses": {"200": _json(_ref("BackendList"), "Applied"), **_ERRORS,
+                                  **_NOT_SAVED}},
         },
         "/api/balancing": {
             "get": {"summary": "The Balancing options",
@@ -133,7 +142,8 @@ def openapi_document(admin_path: str) -> dict[str, Any]:
             "put": {"summary": "Change Balancing options: validated whole, then applied",
                     "requestBody": {"required": True, "content": {
                         "application/json": {"schema": _ref("BalancingChange")}}},
-                    "responses": {"200": _json(_ref("Balancing"), "Applied"), **_ERRORS}},
+                    "responses": {"200": _json(_ref("Balancing"), "Applied"), **_ERRORS,
+                                  **_NOT_SAVED}},
         },
     }
     for verb, text in (("enable", "Take requests again"),
