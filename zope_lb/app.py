@@ -17,9 +17,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .accesslog import AccessLog, Entry, LoggedBody, LoggedList
 from .admin import AdminApp, registry
 from .backend import Backend, BackendConnectionPool, State
-from .errors import UpstreamError
+from .errors import BackendTimeout, NoBackendAvailable, UpstreamError
 from .health import HealthChecker
 from .metrics import Metrics
 from .notify import (
@@ -33,7 +34,7 @@ from .notify import (
 )
 from .pages import error_page, upstream_error_page
 from .pool import BackendPool
-from .proxy import ClientBodyError, Proxy, RequestObserver, Route
+from .proxy import SUMMARY, ClientBodyError, Proxy, RequestObserver, Route
 from .settings import BackendSpec, Settings, format_options, parse_settings
 from .state import StateFile
 from .strategies import make_strategy
@@ -127,6 +128,9 @@ class LoadBalancer:
     def _use(self, settings: Settings) -> None:
         """Point the parts that read settings on every request at ``settings``."""
         self.settings = settings
+        self.access = (None if settings.access_log == "off" else
+                       AccessLog(settings.access_log, settings.forwarded_trusted,
+                                 clock=self._clock, wall_clock=self._wall_clock))
         self._health_endpoint = settings.health_endpoint
         self._admin_path = settings.admin_path.rstrip("/")
         self._admin_slash = self._admin_path + "/"
@@ -255,30 +259,48 @@ class LoadBalancer:
         return rows
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        access = self.access
+        entry = access.open(environ) if access is not None else None
+        if entry is None:
+            return self._dispatch(environ, start_response, None)
+        try:
+            return self._dispatch(environ, start_response, entry)
+        except BaseException:
+            entry.status = 500
+            entry.end = "error"
+            entry.finish()
+            raise
+
+    def _dispatch(self, environ: dict, start_response: Callable[..., Any],
+                  entry: Entry | None) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == self._health_endpoint:
-            return self.health_page(environ, start_response)
+            return _local(self.health_page, environ, start_response, entry, "local")
         if path.startswith(self._admin_slash) or path == self._admin_path:
-            return self.admin(environ, start_response)
+            return _local(self.admin, environ, start_response, entry, "local")
         if self._prefix and not self._wanted(environ):
             if self.app is not None:
-                return self.app(environ, start_response)
-            return error_page(404, "This path is not served here.")(environ, start_response)
+                return _local(self.app, environ, start_response, entry, "local")
+            return _local(error_page(404, "This path is not served here."), environ,
+                          start_response, entry, "local")
         if environ["REQUEST_METHOD"] == "CONNECT":
             page = error_page(405, "CONNECT is not supported by this balancer.")
-            return page(environ, start_response)
+            return _local(page, environ, start_response, entry, "bad_request")
         try:
-            return self.proxy.forward(environ, start_response)
+            return self.proxy.forward(environ, start_response, entry)
         except UpstreamError as exc:
             if self.app is not None and self.settings.fallback and not exc.sent:
-                log.info("%s: answered by the wrapped app (fallback)", exc)
-                return self.app(environ, start_response)
-            return upstream_error_page(exc)(environ, start_response)
+                SUMMARY.info(("fallback", type(exc)),
+                             "%s: answered by the wrapped app (fallback)", exc)
+                return _local(self.app, environ, start_response, entry, "local")
+            return _local(upstream_error_page(exc), environ, start_response, entry,
+                          _end_of(exc))
         except ValueError:
-            return error_page(400, "The Content-Length header is not valid.")(
-                environ, start_response)
+            return _local(error_page(400, "The Content-Length header is not valid."),
+                          environ, start_response, entry, "bad_request")
         except ClientBodyError as exc:
-            return error_page(400, f"{exc}.")(environ, start_response)
+            return _local(error_page(400, f"{exc}."), environ, start_response, entry,
+                          "bad_request")
 
     def _wanted(self, environ: dict) -> bool:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
@@ -364,6 +386,33 @@ class LoadBalancer:
         self.metrics.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
+
+
+def _end_of(error: UpstreamError) -> str:
+    """The access log's ``end`` word for a request no backend answered."""
+    if isinstance(error, NoBackendAvailable):
+        return error.kind if error.kind in ("queue_full", "queue_timeout") else "no_backend"
+    return "timeout" if isinstance(error, BackendTimeout) else "backend_error"
+
+
+def _local(app: WSGIApp, environ: dict, start_response: Callable[..., Any],
+           entry: Entry | None, end: str) -> Iterable[bytes]:
+    """Answer with ``app`` (a page of zope_lb's own, the admin, the wrapped app);
+    with an access log entry, note its status and bytes and write the line at
+    close."""
+    if entry is None:
+        return app(environ, start_response)
+    entry.end = end
+
+    def noting_status(status: str, headers: list[tuple[str, str]],
+                      exc_info: Any = None) -> Any:
+        entry.status = int(status[:3])
+        return start_response(status, headers, exc_info)
+
+    body = app(environ, noting_status)
+    if type(body) is list:
+        return LoggedList(body, entry)
+    return LoggedBody(body, entry)
 
 
 def _dispatcher(settings: Settings) -> Dispatcher | None:
