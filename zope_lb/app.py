@@ -290,7 +290,7 @@ class LoadBalancer:
             return self.proxy.forward(environ, start_response, entry)
         except UpstreamError as exc:
             if self.app is not None and self.settings.fallback and not exc.sent:
-                SUMMARY.info(("fallback", type(exc)),
+                SUMMARY.info(("fallback", self, type(exc)),
                              "%s: answered by the wrapped app (fallback)", exc)
                 return _local(self.app, environ, start_response, entry, "local")
             return _local(upstream_error_page(exc), environ, start_response, entry,

@@ -5,7 +5,8 @@ Theory of operation
 During an outage every request meets the same trouble ("backend b1:
 connection refused"), and a line per request floods the log (issue 10: 180
 lines a second). Each such warning carries a *key* naming the trouble
-(what happened, to which backend), not the request. The first occurrence of a
+(what happened, to which backend object: two balancers in one process never
+share a key), not the request. The first occurrence of a
 key is logged in full and opens a window of ``window`` seconds; further
 occurrences in the window are only counted. When the window ends with a
 count, one line says so: the latest message and "... and 912 more in the
@@ -101,8 +102,8 @@ class Summariser:
             if elapsed < self.window:
                 continue
             if window.count:
-                lines.append((window.level, window.msg + " ... and %d more in the last %d s",
-                              (*window.args, window.count, round(elapsed))))
+                lines.append((window.level, window.msg + " ... and %d more in the last %g s",
+                              (*window.args, window.count, round(elapsed, 1))))
                 window.start = now
                 window.count = 0
             else:

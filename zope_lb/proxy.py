@@ -247,7 +247,7 @@ class ResponseBody:
             if self._entry is not None:
                 self._entry.end = ("timeout" if isinstance(exc, ReadTimeoutError)
                                    else "backend_error")
-            SUMMARY.warning(("broke off", backend.id),
+            SUMMARY.warning(("broke off", backend),
                             "backend %s (%s): response body broke off: %s",
                             backend.id, backend.address, exc)
             raise
@@ -388,7 +388,7 @@ class Proxy:
                 if observer is not None:
                     observer.unavailable(route.name, exc.kind)
                 if last_failure is None:
-                    SUMMARY.warning(("unavailable", route.name, exc.kind), "%s %s: %s",
+                    SUMMARY.warning(("unavailable", pool, exc.kind), "%s %s: %s",
                                     method, target, exc.reason)
                     raise
                 if last_failure.sent:  # no other backend to retry on: the real error
@@ -415,11 +415,11 @@ class Proxy:
                 if not _may_retry(exc, method, body) or (
                         len(avoid) >= settings.retries
                         and not (settings.retries and pool.backup_next(backend, avoid))):
-                    SUMMARY.warning((type(exc), backend.id), "%s %s: %s", method, target, exc)
+                    SUMMARY.warning((type(exc), backend), "%s %s: %s", method, target, exc)
                     if not exc.sent and avoid:
                         raise _unreachable([*avoid, backend], exc) from exc
                     raise
-                SUMMARY.warning((type(exc), backend.id, "retry"),
+                SUMMARY.warning((type(exc), backend, "retry"),
                                 "%s %s: %s; trying another backend", method, target, exc)
                 if observer is not None:
                     observer.retry(route.name, backend.id)
@@ -482,7 +482,7 @@ class Proxy:
         except BackendDisconnected as exc:
             if method not in IDEMPOTENT or (body is not None and body.started):
                 raise
-            SUMMARY.info(("fresh", backend.id), "%s %s: %s; retrying once on a fresh connection",
+            SUMMARY.info(("fresh", backend), "%s %s: %s; retrying once on a fresh connection",
                          method, target, exc)
         fresh = backend.fresh_pool()
         try:
