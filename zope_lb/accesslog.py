@@ -166,17 +166,21 @@ class AccessLog:
 
     def _combined(self, entry: Entry, received: float, total: float) -> str:
         environ = entry.environ
-        uri = environ.get("REQUEST_URI") or upstream_target(environ)
-        method = environ.get("REQUEST_METHOD", "-")
-        request = f'{method} {uri} {environ.get("SERVER_PROTOCOL", "-")}'
+        get = environ.get
+        request = (f'{get("REQUEST_METHOD", "-")} {get("REQUEST_URI") or upstream_target(environ)} '
+                   f'{get("SERVER_PROTOCOL", "-")}')
+        referer = get("HTTP_REFERER", "-")
+        agent = get("HTTP_USER_AGENT", "-")
+        if not _PLAIN(f"{request}{referer}{agent}"):  # one check for the usual case
+            request, referer, agent = escape(request), escape(referer), escape(agent)
         ttfb = entry.ttfb
         return (
             f'{escape(client_address(environ, self.trusted) or "-")} - - '
-            f'[{self._time(received)}] "{escape(request)}" {entry.status} {entry.sent or "-"} '
-            f'"{escape(environ.get("HTTP_REFERER", "-"))}" '
-            f'"{escape(environ.get("HTTP_USER_AGENT", "-"))}" '
-            f"pool={entry.pool} backend={entry.backend} wait_ms={_ms(entry.wait)} "
-            f"ttfb_ms={_ms(ttfb) if ttfb >= 0 else '-'} total_ms={_ms(total)} end={entry.end}"
+            f'[{self._time(received)}] "{request}" {entry.status} {entry.sent or "-"} '
+            f'"{referer}" "{agent}" pool={entry.pool} backend={entry.backend} '
+            f"wait_ms={int(entry.wait * 1000 + 0.5)} "
+            f"ttfb_ms={int(ttfb * 1000 + 0.5) if ttfb >= 0 else '-'} "
+            f"total_ms={int(total * 1000 + 0.5)} end={entry.end}"
         )
 
     def _json(self, entry: Entry, received: float, total: float) -> str:
