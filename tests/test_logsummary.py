@@ -92,6 +92,20 @@ def test_the_timer_reports_the_last_count_without_more_events(caplog):
         summary.close()
 
 
+def test_a_summary_has_the_highest_level_it_counted(caplog):
+    summary, clock = summariser(caplog)
+    summary.info("b1", "retrying on a fresh connection")
+    summary.warning("b1", "connection refused")
+    summary.info("b1", "retrying on a fresh connection")
+    clock.now += 10
+    summary.flush()
+    first, line = caplog.records
+    assert first.levelno == logging.INFO
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == ("retrying on a fresh connection ... and 2 more "
+                                 "in the last 10 s")
+
+
 def test_nothing_is_counted_when_the_level_is_off(caplog):
     summary, _ = summariser(caplog)
     caplog.set_level(logging.ERROR, logger="zope_lb.test_summary")

@@ -74,11 +74,13 @@ class Summariser:
             due = self._due(now) if self._windows else []
             window = self._windows.get(key)
             if window is None:
-                self._windows[key] = _Window(now, level, msg, args)
+                self._windows[key] = _Window(now, logging.NOTSET, msg, args)
                 emit: list[tuple[int, str, tuple[Any, ...]]] = [(level, msg, args)]
             else:
                 window.count += 1
-                window.level, window.msg, window.args = level, msg, args
+                window.msg, window.args = msg, args  # the summary shows the latest
+                if level > window.level:
+                    window.level = level
                 emit = []
                 self._arm(now)
         for line in (*due, *emit):
@@ -95,7 +97,8 @@ class Summariser:
             self.logger.log(level, msg, *args)
 
     def _due(self, now: float) -> list[tuple[int, str, tuple[Any, ...]]]:
-        """Summary lines for windows ended by ``now``; called with the lock held."""
+        """Summary lines for windows ended by ``now``, at the highest level their
+        events had; called with the lock held."""
         lines = []
         for key, window in list(self._windows.items()):
             elapsed = now - window.start
@@ -106,6 +109,7 @@ class Summariser:
                               (*window.args, window.count, round(elapsed, 1))))
                 window.start = now
                 window.count = 0
+                window.level = logging.NOTSET
             else:
                 del self._windows[key]
         return lines

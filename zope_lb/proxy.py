@@ -75,6 +75,9 @@ from .strategies import Strategy
 
 log = logging.getLogger(__name__)
 #: Warnings that repeat per request during an outage: once, then summarised.
+#: Every per-request trouble with one backend (refused, broke off, retried on
+#: a fresh connection) shares the key ``("backend", backend)``: an outage of
+#: one backend writes its first line, then one line per 10 s while it lasts.
 SUMMARY = Summariser(log)
 
 # What ``retries=False, redirect=False`` means to urllib3, built once: urllib3
@@ -247,7 +250,7 @@ class ResponseBody:
             if self._entry is not None:
                 self._entry.end = ("timeout" if isinstance(exc, ReadTimeoutError)
                                    else "backend_error")
-            SUMMARY.warning(("broke off", backend),
+            SUMMARY.warning(("backend", backend),
                             "backend %s (%s): response body broke off: %s",
                             backend.id, backend.address, exc)
             raise
@@ -415,11 +418,11 @@ class Proxy:
                 if not _may_retry(exc, method, body) or (
                         len(avoid) >= settings.retries
                         and not (settings.retries and pool.backup_next(backend, avoid))):
-                    SUMMARY.warning((type(exc), backend), "%s %s: %s", method, target, exc)
+                    SUMMARY.warning(("backend", backend), "%s %s: %s", method, target, exc)
                     if not exc.sent and avoid:
                         raise _unreachable([*avoid, backend], exc) from exc
                     raise
-                SUMMARY.warning((type(exc), backend, "retry"),
+                SUMMARY.warning(("backend", backend),
                                 "%s %s: %s; trying another backend", method, target, exc)
                 if observer is not None:
                     observer.retry(route.name, backend.id)
@@ -482,7 +485,7 @@ class Proxy:
         except BackendDisconnected as exc:
             if method not in IDEMPOTENT or (body is not None and body.started):
                 raise
-            SUMMARY.info(("fresh", backend), "%s %s: %s; retrying once on a fresh connection",
+            SUMMARY.info(("backend", backend), "%s %s: %s; retrying once on a fresh connection",
                          method, target, exc)
         fresh = backend.fresh_pool()
         try:
