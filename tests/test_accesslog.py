@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+from serve_process import ServeProcess, production_ini
 from servers import ServerThread, free_port, wait_until
 from webob import Request
 from webtest import TestApp
@@ -281,3 +282,69 @@ def test_access_log_of_the_real_process(serve_process, backend):
     assert process.wait_for_log(r'"GET /gone HTTP/1.1" 503 \d+ .* backend=client1 '
                                 r"wait_ms=\d+ ttfb_ms=- total_ms=\d+ end=no_backend",
                                 timeout=10)
+
+
+ACCESS_FILE_LOGGING = """
+[loggers]
+keys = root, zope_lb, access
+
+[handlers]
+keys = console, accessfile
+
+[formatters]
+keys = generic, bare
+
+[logger_root]
+level = INFO
+handlers = console
+
+[logger_zope_lb]
+level = INFO
+handlers =
+qualname = zope_lb
+
+[logger_access]
+level = INFO
+handlers = accessfile
+qualname = zope_lb.access
+propagate = 0
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = generic
+
+[handler_accessfile]
+class = handlers.WatchedFileHandler
+args = ('%(here)s/access.log', 'a')
+level = NOTSET
+formatter = bare
+
+[formatter_generic]
+format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
+
+[formatter_bare]
+format = %(message)s
+"""
+
+
+def test_the_documented_ini_routes_the_access_log_to_its_own_file(tmp_path, backend):
+    """docs/notes/accesslog.md's logging sections: the lines go to their own
+    file, bare, and not to the main log."""
+    port = free_port()
+    ini = tmp_path / "production.ini"
+    ini.write_text(production_ini([backend.address], port, logging=False)
+                   + ACCESS_FILE_LOGGING)
+    process = ServeProcess(ini, port).start()
+    try:
+        with urllib.request.urlopen(process.url + "/echo", timeout=10) as answer:
+            answer.read()
+        access_file = tmp_path / "access.log"
+        assert wait_until(lambda: access_file.exists() and access_file.read_text(), timeout=10)
+        (line,) = access_file.read_text().splitlines()
+        assert parse(line)["end"] == "answered"
+        assert "zope_lb.access" not in process.log()
+        assert "balancing over" in process.log()
+    finally:
+        process.stop()

@@ -130,6 +130,7 @@ class AccessLog:
         self.logger = logger
         self._line = self._combined if fmt == "combined" else self._json
         self._stamp: tuple[int, str] = (-1, "")
+        self._iso_stamp: tuple[int, str] = (-1, "")
 
     def open(self, environ: dict[str, Any]) -> Entry | None:
         """An entry for this request, or None when the logger would drop it."""
@@ -164,6 +165,16 @@ class AccessLog:
         self._stamp = (second, text)
         return text
 
+    def _iso_time(self, received: float) -> str:
+        """``2026-12-01T00:35:42+0000`` (local time), cached per second."""
+        second = int(received)
+        cached = self._iso_stamp
+        if cached[0] == second:
+            return cached[1]
+        text = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+        self._iso_stamp = (second, text)
+        return text
+
     def _combined(self, entry: Entry, received: float, total: float) -> str:
         environ = entry.environ
         get = environ.get
@@ -187,7 +198,7 @@ class AccessLog:
         environ = entry.environ
         ttfb = entry.ttfb
         return json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(received)),
+            "time": self._iso_time(received),
             "client": client_address(environ, self.trusted) or None,
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("REQUEST_URI") or upstream_target(environ),

@@ -101,7 +101,7 @@ def translated(exc: BaseException, backend: Backend, timeout_read: float) -> Ups
     """zope_lb's error for one of urllib3's (or the socket's): the one place
     where they are told apart (connect failures from read failures)."""
     where = f"{backend.id} ({backend.address})"  # the log's name; pages show the label
-    label = backend.label
+    label = getattr(backend, "label", backend.id)  # verify passes a stand-in without one
     if isinstance(exc, NameResolutionError):
         return BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where,
                                    label=label, public="host name not found")
