@@ -170,7 +170,7 @@ def test_queue_wait_and_queue_full(backend, access):
     balancer = LoadBalancer([f"{backend.address} maxconn=1"], health_interval=0,
                             queue_size=1)
     app = TestApp(balancer)
-    slow = threading.Thread(target=lambda: app.get("/slow?s=0.6"), daemon=True)
+    slow = threading.Thread(target=lambda: app.get("/slow?s=1.5"), daemon=True)
     slow.start()
     assert wait_until(lambda: balancer.pool.backends[0].active == 1, timeout=5)
     waiter = threading.Thread(target=lambda: app.get("/echo"), daemon=True)
