@@ -348,3 +348,20 @@ def test_the_documented_ini_routes_the_access_log_to_its_own_file(tmp_path, back
         assert "balancing over" in process.log()
     finally:
         process.stop()
+
+
+def test_a_failing_wrapped_app_still_gets_its_line(backend, access):
+    """A filter whose wrapped app raises: the server answers 500, the line says
+    so (end=error), and the exception still reaches the server."""
+    def broken(environ, start_response):
+        raise RuntimeError("wrapped app bug")
+
+    app = TestApp(LoadBalancer([backend.address], app=broken, prefix="/lb",
+                               health_interval=0))
+    with pytest.raises(RuntimeError):
+        app.get("/site/page")
+    app.get("/lb/echo")
+    failed, proxied = access()
+    assert (failed["status"], failed["end"], failed["pool"]) == ("500", "error", "-")
+    assert failed["request"].startswith("GET /site/page ")
+    assert proxied["end"] == "answered"
