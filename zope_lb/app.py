@@ -17,10 +17,11 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .accesslog import AccessLog, Entry, LoggedBody, LoggedList
 from .admin import AdminApp, registry
 from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
-from .errors import UpstreamError
+from .errors import BackendTimeout, NoBackendAvailable, UpstreamError
 from .headers import client_address
 from .health import HealthChecker
 from .metrics import Metrics
@@ -35,7 +36,7 @@ from .notify import (
 )
 from .pages import error_page, refusal_page, upstream_error_page
 from .pool import BackendPool
-from .proxy import ClientBodyError, Proxy, RequestObserver, Route
+from .proxy import SUMMARY, ClientBodyError, Proxy, RequestObserver, Route
 from .requestcheck import BadRequest, check_request
 from .settings import BackendSpec, Settings, format_options, parse_settings
 from .state import StateFile
@@ -132,6 +133,9 @@ class LoadBalancer:
     def _use(self, settings: Settings) -> None:
         """Point the parts that read settings on every request at ``settings``."""
         self.settings = settings
+        self.access = (None if settings.access_log == "off" else
+                       AccessLog(settings.access_log, settings.forwarded_trusted,
+                                 clock=self._clock, wall_clock=self._wall_clock))
         self._health_endpoint = settings.health_endpoint
         self._admin_path = settings.admin_path.rstrip("/")
         self._admin_slash = self._admin_path + "/"
@@ -263,34 +267,53 @@ class LoadBalancer:
         return rows
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        access = self.access
+        entry = access.open(environ) if access is not None else None
+        if entry is None:
+            return self._dispatch(environ, start_response, None)
+        try:
+            return self._dispatch(environ, start_response, entry)
+        except BaseException:
+            entry.status = 500
+            entry.end = "error"
+            entry.finish()
+            raise
+
+    def _dispatch(self, environ: dict, start_response: Callable[..., Any],
+                  entry: Entry | None) -> Iterable[bytes]:
         try:
             environ = check_request(environ)
         except BadRequest as exc:
-            return refusal_page(str(exc))(environ, start_response)
+            return _local(refusal_page(str(exc)), environ, start_response, entry,
+                          "bad_request")
         path = environ.get("PATH_INFO", "")
         if path == self._health_endpoint:
-            return self.health_page(environ, start_response)
+            return _local(self.health_page, environ, start_response, entry, "local")
         if path.startswith(self._admin_slash) or path == self._admin_path:
-            return self.admin(environ, start_response)
+            return _local(self.admin, environ, start_response, entry, "local")
         if self._prefix and not self._wanted(environ):
             if self.app is not None:
-                return self.app(environ, start_response)
-            return error_page(404, "This path is not served here.")(environ, start_response)
+                return _local(self.app, environ, start_response, entry, "local")
+            return _local(error_page(404, "This path is not served here."), environ,
+                          start_response, entry, "local")
         if environ["REQUEST_METHOD"] == "CONNECT":
             page = error_page(405, "CONNECT is not supported by this balancer.")
-            return page(environ, start_response)
+            return _local(page, environ, start_response, entry, "bad_request")
         try:
-            return self.proxy.forward(environ, start_response)
+            return self.proxy.forward(environ, start_response, entry)
         except UpstreamError as exc:
             if self.app is not None and self.settings.fallback and not exc.sent:
-                log.info("%s: answered by the wrapped app (fallback)", exc)
-                return self.app(environ, start_response)
-            return upstream_error_page(exc)(environ, start_response)
+                SUMMARY.info(("fallback", self, type(exc)),
+                             "%s: answered by the wrapped app (fallback)", exc)
+                return _local(self.app, environ, start_response, entry, "local")
+            return _local(upstream_error_page(exc), environ, start_response, entry,
+                          _end_of(exc))
         except ValueError:
-            return error_page(400, "The Content-Length header is not valid.")(
-                environ, start_response)
+            return _local(error_page(400, "The Content-Length header is not valid."),
+                          environ, start_response, entry, "bad_request")
         except ClientBodyError as exc:
-            return error_page(400, f"{exc}.")(environ, start_response)
+            return _local(error_page(400, f"{exc}."), environ, start_response, entry,
+                          "bad_request")
 
     def _wanted(self, environ: dict) -> bool:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
@@ -390,6 +413,33 @@ PUBLIC_HEALTH = ("status", "healthy", "total")
 
 #: The state a backend action leaves a backend in, as the state file keeps it.
 _ADMIN_STATE = {"enable": None, "disable": "disabled", "drain": "draining"}
+
+
+def _end_of(error: UpstreamError) -> str:
+    """The access log's ``end`` word for a request no backend answered."""
+    if isinstance(error, NoBackendAvailable):
+        return error.kind if error.kind in ("queue_full", "queue_timeout") else "no_backend"
+    return "timeout" if isinstance(error, BackendTimeout) else "backend_error"
+
+
+def _local(app: WSGIApp, environ: dict, start_response: Callable[..., Any],
+           entry: Entry | None, end: str) -> Iterable[bytes]:
+    """Answer with ``app`` (a page of zope_lb's own, the admin, the wrapped app);
+    with an access log entry, note its status and bytes and write the line at
+    close."""
+    if entry is None:
+        return app(environ, start_response)
+    entry.end = end
+
+    def noting_status(status: str, headers: list[tuple[str, str]],
+                      exc_info: Any = None) -> Any:
+        entry.status = int(status[:3])
+        return start_response(status, headers, exc_info)
+
+    body = app(environ, noting_status)
+    if type(body) is list:
+        return LoggedList(body, entry)
+    return LoggedBody(body, entry)
 
 
 def _dispatcher(settings: Settings) -> Dispatcher | None:

@@ -173,6 +173,7 @@ class Backend:
         self.requests = 0
         self.token = ""  # the affinity cookie value, set by the pool
         self.pool_name = ""  # the pool it belongs to, set by the pool
+        self.label = self.id  # what pages call it (never the address), set by the pool
         self.failures = 0
         self.consecutive_failures = 0
         self.probe_passes = 0

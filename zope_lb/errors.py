@@ -17,6 +17,9 @@ The whole tree::
 
 Each ``UpstreamError`` knows its HTTP ``status`` and whether the request was
 possibly seen by the backend (``sent``), which is what the retry rules need.
+Its message (``str()``, for the log) names the backend by id and address;
+``label`` and ``public`` are what an error page may show instead: the
+backend's public label and a reason free of addresses and exception text.
 urllib3's exceptions are turned into these in exactly one place,
 :func:`zope_lb.proxy.translated`.
 """
@@ -58,9 +61,17 @@ class UpstreamError(ZopeLBError):
     #: True when the backend may have received (part of) the request.
     sent = True
 
-    def __init__(self, reason: str, backend: str | None = None):
+    #: What a page says when no ``public`` reason was given for a backend's error.
+    summary = "the application server failed"
+
+    def __init__(self, reason: str, backend: str | None = None, *, label: str | None = None,
+                 public: str | None = None):
         self.reason = reason
         self.backend = backend
+        self.label = label
+        # An error about a backend may carry library text with its address:
+        # the page then says only what kind of failure it was.
+        self.public = public if public is not None else (self.summary if backend else reason)
         super().__init__(f"{backend}: {reason}" if backend else reason)
 
 
@@ -71,21 +82,23 @@ class NoBackendAvailable(UpstreamError):
     #: Why, as a bounded word for metrics: no_backend, queue_full,
     #: queue_timeout, shutdown or unreachable.
     def __init__(self, reason: str, backend: str | None = None, kind: str = "no_backend"):
-        super().__init__(reason, backend)
+        super().__init__(reason, backend, public=reason)
         self.kind = kind
 
 
 class BackendConnectError(UpstreamError):
     sent = False
+    summary = "could not connect"
 
 
 class BackendDisconnected(UpstreamError):
-    pass
+    summary = "the connection broke before an answer"
 
 
 class BackendTimeout(UpstreamError):
     status = 504
+    summary = "no answer in time"
 
 
 class BackendProtocolError(UpstreamError):
-    pass
+    summary = "the answer was not valid HTTP"

@@ -1,23 +1,34 @@
-"""The small pages zope_lb answers itself: errors, never a traceback."""
+"""The small pages zope_lb answers itself: errors, never a traceback.
+
+A page is HTML, JSON or plain text, as the client's ``Accept`` header prefers
+(no header: plain text, for scripts and monitors). Pages name a backend only
+by its public label (its ``id=``, else ``backend 1``, ``backend 2``... in
+listed order, see ``pool.py``), never by its address: the address is for the
+operator's log, not for visitors. They are built here rather than by WebOb's
+``HTTPException``, whose plain-text template leaks ``<br />`` into JSON.
+"""
 
 from __future__ import annotations
 
+import html
+import json
+from collections.abc import Callable
 from typing import Any
 
-from webob import exc
+from webob.acceptparse import create_accept_header
 
 from .errors import UpstreamError
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER = 5
 
-_BY_STATUS = {
-    400: exc.HTTPBadRequest,
-    404: exc.HTTPNotFound,
-    405: exc.HTTPMethodNotAllowed,
-    502: exc.HTTPBadGateway,
-    503: exc.HTTPServiceUnavailable,
-    504: exc.HTTPGatewayTimeout,
+TITLES = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 _EXPLAIN = {
@@ -26,20 +37,64 @@ _EXPLAIN = {
     504: "The site's application server took too long to answer",
 }
 
-
-def error_page(status: int, detail: str, **headers: str) -> Any:
-    """A WSGI app answering ``status`` with a one-sentence reason (HTML or text,
-    as the client accepts), never a traceback; the reason is escaped."""
-    page = _BY_STATUS[status](detail=detail)
-    page.cache_control = "no-store"
-    for name, value in headers.items():
-        page.headers[name.replace("_", "-")] = value
-    return page
+_OFFERS = ("text/html", "application/json", "text/plain")
 
 
-def upstream_error_page(error: UpstreamError) -> Any:
-    """The page for a request no backend could answer."""
-    detail = f"{_EXPLAIN[error.status]}: {error.reason}."
+def page_type(accept: str | None) -> str:
+    """The media type to answer with: the client's best of HTML, JSON and text;
+    plain text without an Accept header or when it accepts none of them."""
+    if not accept:
+        return "text/plain"
+    offers = create_accept_header(accept).acceptable_offers(_OFFERS)
+    return offers[0][0] if offers else "text/plain"
+
+
+def render(status: int, detail: str, media_type: str) -> bytes:
+    """The page's body: the status, its title and a one-sentence reason, escaped."""
+    title = TITLES[status]
+    if media_type == "application/json":
+        return json.dumps({"code": status, "title": title, "message": detail}).encode()
+    if media_type == "text/html":
+        head = f"{status} {html.escape(title)}"
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{head}"
+                f"</title></head>\n<body><h1>{head}</h1>\n<p>{html.escape(detail)}</p>"
+                "</body></html>\n").encode()
+    return f"{status} {title}\n\n{detail}\n".encode()
+
+
+class ErrorPage:
+    """A WSGI app answering ``status`` with ``detail``, as the client accepts."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str]):
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        media_type = page_type(environ.get("HTTP_ACCEPT"))
+        body = render(self.status, self.detail, media_type)
+        charset = "" if media_type == "application/json" else "; charset=UTF-8"
+        start_response(f"{self.status} {TITLES[self.status]}", [
+            ("Content-Type", media_type + charset),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Vary", "Accept"),
+            *self.headers.items(),
+        ])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def error_page(status: int, detail: str, **headers: str) -> ErrorPage:
+    """A WSGI app answering ``status`` with a one-sentence reason (HTML, JSON or
+    text, as the client accepts), never a traceback; the reason is escaped."""
+    return ErrorPage(status, detail, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def upstream_error_page(error: UpstreamError) -> ErrorPage:
+    """The page for a request no backend could answer: the backend by its label,
+    the reason in words safe to show (``error.public``)."""
+    who = f"{error.label}: " if error.label else ""
+    detail = f"{_EXPLAIN[error.status]}: {who}{error.public}."
     if error.status == 503:
         return error_page(503, detail, Retry_After=str(RETRY_AFTER))
     return error_page(error.status, detail)

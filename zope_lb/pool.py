@@ -15,6 +15,12 @@ to one backend by its affinity cookie waits for that backend's slot), so a
 newcomer never overtakes a waiting request. When the last available backend
 goes away, the waiters get their 503 at once instead of at their timeout.
 
+Backups take a request at once, in the same request, when no primary can:
+every primary is down, or has just failed for this very request (it is in
+``avoid``), or the request found the queue full or waited ``queue.timeout``
+in it while a backup has a free slot. Only then: while a primary can take
+requests, backups get none.
+
 All slot counts and the queue are guarded by one lock per pool, so "find a
 free backend and take its slot" is atomic. Readers of ``pool.backends`` (the
 admin pages, the health checker) need no lock: the tuple is swapped whole by
@@ -44,6 +50,14 @@ def affinity_token(backend_id: str) -> str:
     """The affinity cookie's value for a backend: stable across restarts (it
     depends only on the configured id), and not the backend's address."""
     return hashlib.sha256(f"zope_lb:{backend_id}".encode()).hexdigest()[:16]
+
+
+def _label(backends: tuple[Backend, ...]) -> None:
+    """Give each backend the name pages show: its ``id=``, else ``backend N`` by
+    its place in the list (never its address)."""
+    for number, backend in enumerate(backends, 1):
+        spec = backend.spec
+        backend.label = spec.id if spec.id != spec.address else f"backend {number}"
 
 
 class _Waiter:
@@ -82,6 +96,7 @@ class BackendPool:
         specs = settings.backends if specs is None else specs
         self.backends: tuple[Backend, ...] = tuple(self._build(s, settings) for s in specs)
         self._tokens = {b.token: b for b in self.backends}
+        _label(self.backends)
 
     def _build(self, spec: BackendSpec, settings: Settings) -> Backend:
         backend = Backend(
@@ -105,18 +120,45 @@ class BackendPool:
 
     # -- choosing ---------------------------------------------------------------------
 
-    def candidates(self, now: float) -> list[Backend]:
+    def candidates(self, now: float, avoid: Collection[Backend] = ()) -> list[Backend]:
         """Backends that may take requests now: primaries, or else backups.
         A backend of weight 0 takes no new requests, so it is not one: a
-        pool whose only primary has weight 0 goes to its backups."""
+        pool whose only primary has weight 0 goes to its backups. A primary
+        in ``avoid`` (it just failed this request) does not count: when every
+        primary is down or avoided, the backups are the candidates."""
         backends = self.backends
         up = State.UP
         primaries = [b for b in backends if not b.backup and b.base_weight > 0
                      and (b.state is up or b.available(now))]
-        if primaries:
+        if primaries and (not avoid or any(b not in avoid for b in primaries)):
             return primaries
         return [b for b in backends if b.backup and b.base_weight > 0
                 and (b.state is up or b.available(now))]
+
+    def backup_next(self, failed: Backend, avoid: Collection[Backend]) -> bool:
+        """Whether, after ``failed`` (a primary) and ``avoid`` failed this request,
+        a backup would take it: then it is tried even when ``retries`` are spent."""
+        if failed.backup:
+            return False
+        tried = [*avoid, failed]
+        return any(b.backup for b in self.candidates(self.clock(), tried)
+                   if b not in tried)
+
+    def _spare_backup(self, strategy: Strategy, environ: Mapping[str, Any],
+                      avoid: Collection[Backend]) -> Backend | None:
+        """A backup with a free slot, for a request the full primaries cannot
+        take in time; its slot is taken. Called with the lock held."""
+        now = self.clock()
+        spare = [b for b in self.backends if b.backup and b.base_weight > 0
+                 and b not in avoid and (b.state is State.UP or b.available(now))
+                 and (not b.maxconn or b.active < b.maxconn)]
+        if not spare:
+            return None
+        backend = strategy.pick(spare, environ, avoid)
+        if backend is not None:
+            backend.active += 1
+            backend.requests += 1
+        return backend
 
     def by_token(self, token: str | None) -> Backend | None:
         """The backend an affinity cookie names, if it is still configured."""
@@ -144,7 +186,7 @@ class BackendPool:
         """
         settings = self.settings
         with self._lock:
-            candidates = self.candidates(self.clock())
+            candidates = self.candidates(self.clock(), avoid)
             if not candidates or (avoid and all(b in avoid for b in candidates)):
                 raise NoBackendAvailable("no backend is available")
             if not self._waiters:
@@ -154,6 +196,9 @@ class BackendPool:
                     backend.requests += 1
                     return backend
             if len(self._waiters) >= settings.queue_size:
+                backend = self._spare_backup(strategy, environ, avoid)
+                if backend is not None:
+                    return backend
                 raise NoBackendAvailable(
                     f"all backends are busy and {settings.queue_size} requests already wait",
                     kind="queue_full",
@@ -166,6 +211,9 @@ class BackendPool:
                 return waiter.backend
             if waiter.error is None:
                 self._waiters.remove(waiter)
+                backend = self._spare_backup(strategy, environ, avoid)
+                if backend is not None:
+                    return backend
                 waiter.error = NoBackendAvailable(
                     f"all backends stayed busy for {settings.queue_timeout:g} s",
                     kind="queue_timeout",
@@ -243,6 +291,7 @@ class BackendPool:
                 kept.append(backend or self._build(spec, settings))
             self.backends = tuple(kept)
             self._tokens = {b.token: b for b in kept}
+            _label(self.backends)
             self.settings = settings
             for backend in old.values():
                 backend.drain()

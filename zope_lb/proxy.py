@@ -48,6 +48,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from .accesslog import Entry
 from .backend import REUSE, Backend
 from .errors import (
     BackendConnectError,
@@ -66,12 +67,18 @@ from .headers import (
     upstream_target,
     vhm_target,
 )
+from .logsummary import Summariser
 from .pool import BackendPool
 from .routing import Rule, cookie_value, has_cookie, matches_all
 from .settings import Settings
 from .strategies import Strategy
 
 log = logging.getLogger(__name__)
+#: Warnings that repeat per request during an outage: once, then summarised.
+#: Every per-request trouble with one backend (refused, broke off, retried on
+#: a fresh connection) shares the key ``("backend", backend)``: an outage of
+#: one backend writes its first line, then one line per 10 s while it lasts.
+SUMMARY = Summariser(log)
 
 # What ``retries=False, redirect=False`` means to urllib3, built once: urllib3
 # builds this object on every request otherwise (about 1 % of the CPU).
@@ -93,24 +100,30 @@ BACKEND_ERRORS = (HTTPError, http.client.HTTPException, OSError)
 def translated(exc: BaseException, backend: Backend, timeout_read: float) -> UpstreamError:
     """zope_lb's error for one of urllib3's (or the socket's): the one place
     where they are told apart (connect failures from read failures)."""
-    where = f"{backend.id} ({backend.address})"
+    where = f"{backend.id} ({backend.address})"  # the log's name; pages show the label
+    label = getattr(backend, "label", backend.id)  # verify passes a stand-in without one
     if isinstance(exc, NameResolutionError):
-        return BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where)
+        return BackendConnectError(f"host name not found: {exc.__cause__ or exc}", where,
+                                   label=label, public="host name not found")
     if isinstance(exc, NewConnectionError):
         cause = exc.__cause__ or exc
-        reason = "connection refused" if isinstance(cause, ConnectionRefusedError) else str(cause)
-        return BackendConnectError(reason, where)
+        if isinstance(cause, ConnectionRefusedError):
+            return BackendConnectError("connection refused", where, label=label,
+                                       public="connection refused")
+        return BackendConnectError(str(cause), where, label=label)
     if isinstance(exc, ConnectTimeoutError):
-        return BackendConnectError("connect timed out", where)
+        return BackendConnectError("connect timed out", where, label=label,
+                                   public="connect timed out")
     if isinstance(exc, ReadTimeoutError):
-        return BackendTimeout(f"no answer within {timeout_read:g} s", where)
+        reason = f"no answer within {timeout_read:g} s"
+        return BackendTimeout(reason, where, label=label, public=reason)
     if isinstance(exc, ProtocolError):
         broken = exc.args[1] if len(exc.args) > 1 else exc.__cause__
         if isinstance(broken, _DISCONNECTS):
-            return BackendDisconnected("the backend closed the connection before answering",
-                                       where)
-        return BackendProtocolError(f"invalid response: {broken or exc}", where)
-    return BackendProtocolError(f"invalid response: {exc}", where)
+            reason = "the backend closed the connection before answering"
+            return BackendDisconnected(reason, where, label=label, public=reason)
+        return BackendProtocolError(f"invalid response: {broken or exc}", where, label=label)
+    return BackendProtocolError(f"invalid response: {exc}", where, label=label)
 
 
 @contextmanager
@@ -182,10 +195,10 @@ class ResponseBody:
     """The backend's body, streamed; ``close()`` frees the connection and the slot."""
 
     __slots__ = ("_response", "_pool", "_backend", "_first", "_on_close", "_closed",
-                 "_freed")
+                 "_freed", "_entry", "_sent", "_complete")
 
     def __init__(self, response: Any, pool: BackendPool, backend: Backend, first: bytes = b"",
-                 on_close: Callable[[], None] | None = None):
+                 on_close: Callable[[], None] | None = None, entry: Entry | None = None):
         self._response = response
         self._pool = pool
         self._backend = backend
@@ -193,6 +206,9 @@ class ResponseBody:
         self._on_close = on_close
         self._closed = False
         self._freed = False
+        self._entry = entry  # the access log's line, written at close()
+        self._sent = 0  # body bytes handed to the server
+        self._complete = False  # the whole body was handed over
         if response.isclosed():  # the whole body came with the first read
             self._free()
 
@@ -207,11 +223,14 @@ class ResponseBody:
     def __iter__(self) -> Iterator[bytes]:
         first = self._first
         if not first:
+            self._complete = True
             return
         self._first = b""
+        self._sent = len(first)
         yield first
         response = self._response
         if response.isclosed():  # the first read had it all: no second trip to urllib3
+            self._complete = True
             return
         read1 = response.read1
         backend = self._backend
@@ -221,13 +240,19 @@ class ResponseBody:
                 if response.isclosed():
                     self._free()
                 if not chunk:
+                    self._complete = True
                     return
+                self._sent += len(chunk)
                 yield chunk
         except (HTTPError, http.client.HTTPException, OSError) as exc:
             # Headers are out: all that is left is to cut the connection, so the
             # client sees a truncated response rather than a wrong one.
-            log.warning("backend %s (%s): response body broke off: %s",
-                        backend.id, backend.address, exc)
+            if self._entry is not None:
+                self._entry.end = ("timeout" if isinstance(exc, ReadTimeoutError)
+                                   else "backend_error")
+            SUMMARY.warning(("backend", backend),
+                            "backend %s (%s): response body broke off: %s",
+                            backend.id, backend.address, exc)
             raise
 
     def close(self) -> None:
@@ -243,8 +268,12 @@ class ResponseBody:
             response.release_conn()
         finally:
             self._free()
-            if self._on_close is not None:
-                self._on_close()
+            try:
+                if self._on_close is not None:
+                    self._on_close()
+            finally:
+                if self._entry is not None:
+                    self._entry.body_closed(self._sent, self._complete)
 
 
 def _may_retry(error: UpstreamError, method: str, body: RequestBody | None) -> bool:
@@ -259,8 +288,8 @@ def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendA
     """503 for a request no backend could take: none up, or none could be reached."""
     if not tried or last is None:
         return NoBackendAvailable("no backend is available")
-    names = ", ".join(b.id for b in tried)
-    return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.reason})",
+    names = ", ".join(b.label for b in tried)  # labels: this reason is shown on the page
+    return NoBackendAvailable(f"no backend could be reached (tried {names}; {last.public})",
                               kind="unreachable")
 
 
@@ -316,15 +345,19 @@ class Proxy:
                 return route
         return self.default
 
-    def forward(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def forward(self, environ: dict[str, Any], start_response: Callable[..., Any],
+                entry: Entry | None = None) -> Any:
         """Answer the request from a backend.
 
         Raises :class:`UpstreamError` only before ``start_response`` was called,
         so the caller may still answer with an error page or a fallback app.
+        ``entry`` (the access log's line) gets the pool, backend and timings.
         """
         settings = self.settings
         route = self.route(environ) if self.routes else self.default
         pool = route.pool
+        if entry is not None:
+            entry.pool = route.name
         method = environ["REQUEST_METHOD"]
         target = upstream_target(environ)
         if settings.vhm_root or settings.vhm_base:
@@ -349,18 +382,25 @@ class Proxy:
         avoid: list[Backend] = []
         last_failure: UpstreamError | None = None
         while True:
+            queued = pool.clock()
             try:
                 backend = pool.acquire(route.strategy, environ, avoid, prefer)
             except NoBackendAvailable as exc:
+                if entry is not None:
+                    entry.wait += pool.clock() - queued
                 if observer is not None:
                     observer.unavailable(route.name, exc.kind)
                 if last_failure is None:
-                    log.warning("%s %s: %s", method, target, exc.reason)
+                    SUMMARY.warning(("unavailable", pool, exc.kind), "%s %s: %s",
+                                    method, target, exc.reason)
                     raise
                 if last_failure.sent:  # no other backend to retry on: the real error
                     raise last_failure from exc
                 raise _unreachable(avoid, last_failure) from exc
             started = pool.clock()
+            if entry is not None:
+                entry.wait += started - queued
+                entry.backend = backend.id
             try:
                 response, first, on_close = self._send(backend, method, target, headers,
                                                        body, chunked)
@@ -375,12 +415,15 @@ class Proxy:
                 backend.stats.record(False, now - started)
                 if observer is not None:
                     observer.request(route.name, backend.id, exc.status, now - started)
-                if not _may_retry(exc, method, body) or len(avoid) >= settings.retries:
-                    log.warning("%s %s: %s", method, target, exc)
+                if not _may_retry(exc, method, body) or (
+                        len(avoid) >= settings.retries
+                        and not (settings.retries and pool.backup_next(backend, avoid))):
+                    SUMMARY.warning(("backend", backend), "%s %s: %s", method, target, exc)
                     if not exc.sent and avoid:
                         raise _unreachable([*avoid, backend], exc) from exc
                     raise
-                log.warning("%s %s: %s; trying another backend", method, target, exc)
+                SUMMARY.warning(("backend", backend),
+                                "%s %s: %s; trying another backend", method, target, exc)
                 if observer is not None:
                     observer.retry(route.name, backend.id)
                 avoid.append(backend)
@@ -399,6 +442,10 @@ class Proxy:
         backend.stats.record(not failed and response.status < 500, now - started)
         if observer is not None:
             observer.request(route.name, backend.id, response.status, now - started)
+        if entry is not None:
+            entry.ttfb = now - started
+            entry.status = response.status
+            entry.end = "retried" if avoid else "answered"
         response_list = response_headers(response.headers.iteritems())
         host = backend.url_host
         for _, value in response_list:
@@ -409,7 +456,7 @@ class Proxy:
                 break
         if sticky and token != backend.token:
             response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
-        answer = ResponseBody(response, pool, backend, first, on_close)
+        answer = ResponseBody(response, pool, backend, first, on_close, entry)
         try:
             start_response(f"{response.status} {response.reason}", response_list)
         except BaseException:
@@ -438,7 +485,8 @@ class Proxy:
         except BackendDisconnected as exc:
             if method not in IDEMPOTENT or (body is not None and body.started):
                 raise
-            log.info("%s %s: %s; retrying once on a fresh connection", method, target, exc)
+            SUMMARY.info(("backend", backend), "%s %s: %s; retrying once on a fresh connection",
+                         method, target, exc)
         fresh = backend.fresh_pool()
         try:
             response = self._urlopen(fresh, backend, method, target, headers, body, chunked)

@@ -198,6 +198,13 @@ def as_load_factor(value: object) -> float:
     return number
 
 
+def as_access_log(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ("combined", "json", "off"):
+        raise ValueError("must be combined, json or off")
+    return text
+
+
 def as_affinity(value: object) -> str:
     text = str(value).strip().lower()
     if text not in ("none", "cookie"):
@@ -723,6 +730,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify.min_healthy", as_min_healthy, 1,
            "Send a `cluster.degraded` event when healthy primaries fall to this "
            "number or below, `cluster.recovered` when they rise above again."),
+    Option("access_log", as_access_log, "combined",
+           "One line per request on the logger `zope_lb.access`: `combined` (Apache's "
+           "combined format, then zope_lb's fields as `key=value`), `json`, or `off`."),
 )
 
 _BY_NAME: dict[str, Option] = {}
@@ -800,6 +810,7 @@ class Settings:
     metrics_public: bool = False
     state_file: str = ""
     pools: tuple[PoolSpec, ...] = ()
+    access_log: str = "combined"
 
     def maxconn_of(self, spec: BackendSpec) -> int:
         return self.maxconn if spec.maxconn is None else spec.maxconn
