@@ -1,0 +1,713 @@
+"""Read and check an ini the way ``zope-lb serve`` loads it, without starting anything.
+
+``zope-lb config`` prints what :func:`check_ini` finds, ``serve`` refuses to
+start on its problems, and a SIGHUP reload refuses to apply them: one checker,
+so the three never disagree. Theory of operation:
+
+1. The bytes must be UTF-8 and parse as PasteDeploy parses them (the same
+   parser class, the same ``here``/``__file__`` defaults); a parser error
+   (a key written twice, a stray line) ends the check, since nothing after it
+   can be trusted.
+2. Every value of a PasteDeploy section is interpolated as PasteDeploy will,
+   so a ``%`` in a password is named by section and key, not by a traceback.
+3. The app (``[app:NAME]``, ``[pipeline:NAME]``, ``filter-app``,
+   ``filter-with``) is walked section by section with PasteDeploy's own loader,
+   which resolves each ``use =`` (importing the factory, never calling it).
+   Each zope_lb balancer's options are converted one by one, so every bad
+   option is reported, then whole, then with the state file on top.
+4. A waitress ``[server:NAME]`` is checked with waitress's own
+   ``Adjustments``, key by key, plus what waitress lets through but cannot
+   work (``threads = 0``, a port above 65535).
+5. ``[loggers]``/``[handlers]``/``[formatters]`` are checked the way
+   ``logging.config.fileConfig`` reads them, without opening any log file.
+
+Nothing here raises for a bad ini: every problem is a :class:`Problem` that
+names the file, the section and the key or line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import difflib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import state
+from .errors import ConfigError
+from .settings import OPTIONS, POOL_FIELDS, format_options, parse_backends, parse_settings
+
+log = logging.getLogger(__name__)
+
+#: Section prefixes PasteDeploy reads (and interpolates) when it loads an app or server.
+PASTE_PREFIXES = ("app", "application", "composite", "composit", "pipeline", "filter-app",
+                  "filter", "server")
+_POOL_KEY = re.compile(r"pool\.([A-Za-z0-9_-]+)\.([a-z_]+)")
+_OPTIONS = {o.name: o for o in OPTIONS} | {o.attribute: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an ini, printed as ``FILE:LINE: [SECTION] KEY: message``."""
+
+    file: str
+    message: str
+    section: str = ""
+    key: str = ""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        section = f"[{self.section}] " if self.section else ""
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}: {section}{key}{self.message}"
+
+
+@dataclass
+class BalancerConf:
+    """One zope_lb balancer of the ini: its section and what it will run."""
+
+    section: str
+    use: str
+    local_conf: dict[str, str]
+    options: dict[str, str] = field(default_factory=dict)  # effective, format_options text
+    from_state: dict[str, str | None] = field(default_factory=dict)  # the state file's part
+    state_path: str = ""
+
+
+@dataclass
+class ServerConf:
+    """One ``[server:NAME]``: its keys as given and, for waitress, as converted."""
+
+    section: str
+    use: str
+    local_conf: dict[str, str]
+    values: dict[str, str] = field(default_factory=dict)
+    waitress: bool = False
+
+
+@dataclass
+class IniReport:
+    """What :func:`check_ini` found: the problems, or the configuration that runs."""
+
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    chain: list[tuple[str, str]] = field(default_factory=list)  # (section, use) outermost first
+    balancers: list[BalancerConf] = field(default_factory=list)
+    servers: list[ServerConf] = field(default_factory=list)
+    loggers: list[str] = field(default_factory=list)
+    logging_sections: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, message: str, section: str = "", key: str = "", line: int | None = None,
+            file: str = "") -> None:
+        problem = Problem(file or self.path, message, section, key, line)
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+
+def check_ini(path: str, app_name: str = "main", server_name: str | None = "main",
+              also: Sequence[str] = ()) -> IniReport:
+    """Everything ``zope-lb serve`` would read from ``path``, checked; never raises
+    for a bad ini (an unexpected error becomes a problem too)."""
+    path = os.path.abspath(path)
+    report = IniReport(path)
+    try:
+        _check(report, app_name, server_name, also)
+    except Exception as exc:  # the checker must name, never crash: last resort
+        report.add(f"cannot be checked: {type(exc).__name__}: {exc}")
+    return report
+
+
+def _check(report: IniReport, app_name: str, server_name: str | None,
+           also: Sequence[str]) -> None:
+    text = read_text(report)
+    if text is None:
+        return
+    parser = parse(report, text)
+    if parser is None:
+        return
+    broken = _check_interpolation(report, parser)
+    from paste.deploy.loadwsgi import APP, SERVER, ConfigLoader
+
+    try:
+        loader = ConfigLoader(report.path)
+    except Exception as exc:  # same text as above, so only an OS error is left
+        report.add(f"cannot be read: {exc}")
+        return
+    for section, key in broken:  # reported: read them literally to check the rest
+        raw = loader.parser.get(section, key, raw=True)
+        loader.parser.set(section, key, raw.replace("%", "%%"))
+    for name in (app_name, *also):
+        _walk(report, loader, APP, name, top=True)
+    for name in ([server_name] if server_name else []) + list(also):
+        _server(report, loader, SERVER, name)
+    _check_logging(report, text)
+
+
+# -- text and parser -----------------------------------------------------------------
+
+
+def read_text(report: IniReport) -> str | None:
+    """The file as text, or None with the problem added (unreadable, not UTF-8)."""
+    try:
+        with open(report.path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        report.add(f"cannot be read: {exc.strerror or exc}")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        report.add(f"byte {data[exc.start]:#04x} is not UTF-8 text; save the file as UTF-8",
+                   line=line, section=_section_at(data[:exc.start].decode("utf-8", "replace"),
+                                                  line))
+        return None
+
+
+def parse(report: IniReport, text: str) -> configparser.ConfigParser | None:
+    """The ini parsed as PasteDeploy parses it, or None with the problems added."""
+    from paste.deploy.loadwsgi import NicerConfigParser
+
+    parser = NicerConfigParser(report.path, defaults={
+        "here": os.path.dirname(report.path), "__file__": report.path})
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # as PasteDeploy
+    try:
+        parser.read_string(text, source=report.path)
+    except configparser.Error as exc:
+        _parse_problems(report, text, exc)
+        return None
+    return parser
+
+
+def _parse_problems(report: IniReport, text: str, exc: configparser.Error) -> None:
+    if isinstance(exc, configparser.DuplicateOptionError):
+        report.add("written twice in this section; keep one (the parser refuses both)",
+                   exc.section, exc.option, exc.lineno)
+    elif isinstance(exc, configparser.DuplicateSectionError):
+        report.add("section written twice; merge the two", exc.section, line=exc.lineno)
+    elif isinstance(exc, configparser.MissingSectionHeaderError):
+        report.add(f"{exc.line.strip()!r} comes before any [section] header",
+                   line=exc.lineno)
+    elif isinstance(exc, configparser.ParsingError):
+        lines = text.splitlines()
+        for lineno, _ in exc.errors:
+            line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+            report.add(f"{line!r} is neither 'key = value', a [section], a comment nor "
+                       "an indented continuation", _section_at(text, lineno), line=lineno)
+    else:
+        report.add(str(exc).splitlines()[0])
+
+
+def _section_at(text: str, lineno: int) -> str:
+    """The section a line number falls in ('' before the first header)."""
+    section = ""
+    for line in text.splitlines()[:lineno - 1]:
+        match = re.match(r"\[([^]]+)\]", line)
+        if match:
+            section = match.group(1).strip()
+    return section
+
+
+def _check_interpolation(report: IniReport, parser: configparser.ConfigParser
+                         ) -> list[tuple[str, str]]:
+    """Every value PasteDeploy will read, interpolated as it will be; the
+    (section, key) pairs that fail."""
+    broken: list[tuple[str, str]] = []
+    sections = [s for s in parser.sections() if s.split(":", 1)[0].strip() in PASTE_PREFIXES]
+    defaults = configparser.ConfigParser.defaults(parser)  # raw: PasteDeploy's interpolates
+    keys = [("DEFAULT", key) for key in defaults]
+    keys += [(section, key) for section in sections for key in parser.options(section)
+             if key not in defaults]
+    for section, key in keys:
+        try:
+            parser.get(section, key)
+        except (configparser.Error, ValueError) as exc:
+            report.add(interpolation_message(exc), section, key)
+            broken.append((section, key))
+    return broken
+
+
+def interpolation_message(exc: Exception) -> str:
+    """What an interpolation error means, in the words an operator needs."""
+    if isinstance(exc, configparser.InterpolationMissingOptionError):
+        return (f"%({exc.reference})s names no key of this section or [DEFAULT]; "
+                "write a literal '%' as '%%'")
+    if isinstance(exc, configparser.InterpolationDepthError):
+        return "%(...)s references nest too deep (or refer to each other)"
+    return "a '%' in a value must be written '%%' (e.g. a password 'ab%%cd' for 'ab%cd')"
+
+
+# -- the app, walked as PasteDeploy loads it ---------------------------------------------
+
+
+def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool = False
+          ) -> None:
+    """Add the sections that make up ``name`` (outermost first); check balancers."""
+    from paste.deploy.loadwsgi import FILTER, FILTER_WITH
+
+    if loader.absolute_name(name):
+        section, use = name, name
+    else:
+        found = _find_section(report, loader, object_type, name, top)
+        if found is None:
+            return
+        section, use = found, loader.parser.get(found, "use", fallback="")
+    if section.startswith("pipeline:"):
+        report.chain.append((section, ""))
+        names = loader.parser.get(section, "pipeline", fallback="").split()
+        defaults = configparser.ConfigParser.defaults(loader.parser)
+        extra = [k for k in loader.parser.options(section)
+                 if k != "pipeline" and k not in defaults]
+        if not names:
+            report.add("needs pipeline = FILTER ... APP", section, "pipeline")
+        if extra:
+            report.add(f"a pipeline takes only 'pipeline'; move {', '.join(extra)} to "
+                       "the filter or app section", section, extra[0])
+        for filter_name in names[:-1]:
+            _walk(report, loader, FILTER, filter_name)
+        if names:
+            _walk(report, loader, _app_type(), names[-1])
+        return
+    context = _context(report, loader, object_type, name, section, use)
+    if context is None:
+        return
+    if section.startswith("filter-app:"):
+        report.chain.append((section, use))
+        _factory(report, section, use, context.filter_context)
+        next_name = loader.parser.get(section, "next", fallback="")
+        _walk(report, loader, _app_type(), next_name)
+        return
+    if context.object_type is FILTER_WITH:
+        report.chain.append((section, use))
+        _factory(report, section, use, context.next_context)
+        _walk(report, loader, FILTER, loader.parser.get(section, "filter-with"))
+        return
+    report.chain.append((section, use))
+    _factory(report, section, use, context)
+
+
+def _app_type() -> Any:
+    from paste.deploy.loadwsgi import APP
+
+    return APP
+
+
+def _find_section(report: IniReport, loader: Any, object_type: Any, name: str,
+                  top: bool) -> str | None:
+    try:
+        return str(loader.find_config_section(object_type, name=name))
+    except LookupError as exc:
+        kind = object_type.name
+        wanted = f"[app:{name}] or [pipeline:{name}]" if kind == "application" else (
+            f"[{kind}:{name}]")
+        if "Ambiguous" in str(exc):
+            report.add(f"more than one section could be {wanted}; keep one")
+            return None
+        sections = loader.parser.sections()
+        close = difflib.get_close_matches(f"{wanted.split(']')[0][1:]}", sections, 1)
+        hint = f"; did you mean [{close[0]}]?" if close else ""
+        how = (" (--app-name picks another)" if top else
+               " (named in a pipeline, filter-with or next)")
+        if kind == "server":
+            how = " (--server-name picks another)"
+        report.add(f"no {wanted} section{how}{hint}")
+        return None
+
+
+def _context(report: IniReport, loader: Any, object_type: Any, name: str, section: str,
+             use: str) -> Any:
+    """PasteDeploy's context for one section (its factory loaded, never called)."""
+    try:
+        return loader.get_context(object_type, name)
+    except configparser.InterpolationError as exc:
+        report.add(interpolation_message(exc), exc.section, exc.option)
+    except LookupError as exc:
+        report.add(_lookup_message(exc, use), section, "use" if use else "")
+    except ImportError as exc:
+        report.add(f"{use!r} cannot be loaded: {exc}", section, "use" if use else "")
+    except Exception as exc:  # a factory module that fails on import, a bad 'require'...
+        report.add(f"{use or 'its factory'!r} cannot be loaded: {type(exc).__name__}: {exc}",
+                   section, "use" if use else "")
+    return None
+
+
+def _lookup_message(exc: LookupError, use: str) -> str:
+    text = str(exc).replace("\n", " ")
+    match = re.fullmatch(r"egg:([^#\s]+)(?:#(\S+))?", use.strip())
+    if match and "Entry point" in text:
+        from importlib import metadata
+
+        dist, name = match.group(1), match.group(2) or "main"
+        with contextlib.suppress(Exception):
+            names = sorted({ep.name for ep in metadata.distribution(dist).entry_points
+                            if ep.group.startswith("paste.")})
+            close = difflib.get_close_matches(name, names, 1)
+            hint = f"did you mean egg:{dist}#{close[0]}?" if close else (
+                f"{dist} has: {', '.join(names) or 'none'}")
+            return f"{use!r}: {dist} has no such factory for this section; {hint}"
+    return f"{use!r}: {text}" if use else text
+
+
+def _factory(report: IniReport, section: str, use: str, context: Any) -> None:
+    """Check the section if its factory is one of zope_lb's."""
+    from . import paste as zope_lb_paste
+
+    factory = getattr(context, "object", None)
+    if factory not in (zope_lb_paste.app_factory, zope_lb_paste.filter_factory):
+        return
+    local_conf = {str(k): str(v) for k, v in context.local_conf.items()}
+    balancer = BalancerConf(section, use, local_conf)
+    report.balancers.append(balancer)
+    if not check_options(report, section, local_conf):
+        return
+    balancer.state_path = state.resolve_path(local_conf.get("state_file", ""),
+                                             dict(context.global_conf))
+    overrides: dict[str, str | None] = {}
+    if balancer.state_path:
+        try:
+            overrides = state.load_overrides(balancer.state_path, local_conf)
+        except state.StateFileError as exc:
+            report.add(f"{exc.rule} (the state file of [{section}] in {report.path})",
+                       file=exc.path)
+            return
+        except ConfigError as exc:
+            report.add(f"with the state file {balancer.state_path}: {_config_message(exc)}",
+                       section)
+            return
+    balancer.from_state = dict(overrides)
+    balancer.options = format_options(parse_settings(state.merge(local_conf, overrides)))
+
+
+def check_options(report: IniReport, section: str, local_conf: Mapping[str, str]) -> bool:
+    """Each balancer option converted on its own (so every bad one is named), then
+    the whole set; True if all is well."""
+    before = len(report.problems)
+    given: dict[str, str] = {}
+    for key, value in local_conf.items():
+        pool_key = _POOL_KEY.fullmatch(key)
+        if pool_key:
+            name, pool_field = pool_key.groups()
+            if pool_field not in POOL_FIELDS:
+                close = difflib.get_close_matches(pool_field, list(POOL_FIELDS), 1)
+                hint = f"did you mean pool.{name}.{close[0]}?" if close else (
+                    "use " + ", ".join(f"pool.{name}.{f}" for f in POOL_FIELDS))
+                report.add(f"unknown pool key; {hint}", section, key)
+                continue
+            _convert(report, section, key, value, POOL_FIELDS[pool_field][0], False)
+            continue
+        option = _OPTIONS.get(key)
+        if option is None:
+            report.add(f"unknown option; {_did_you_mean(key)}", section, key)
+            continue
+        if option.name in given:
+            report.add(f"the same option as {given[option.name]!r}; keep one", section, key)
+            continue
+        given[option.name] = key
+        _convert(report, section, key, value, option.convert, option.secret)
+    if len(report.problems) > before:
+        return False
+    try:
+        parse_settings(local_conf)
+    except ConfigError as exc:
+        report.add(_config_message(exc), section)
+        return False
+    return True
+
+
+def _convert(report: IniReport, section: str, key: str, value: str, convert: Any,
+             secret: bool) -> None:
+    try:
+        if convert is parse_backends:
+            parse_backends(value, key)
+        else:
+            convert(value)
+    except ConfigError as exc:
+        report.add(_config_message(exc), section)
+    except ValueError as exc:
+        shown = "(not shown)" if secret else value
+        report.add(f"{key} {shown!r}: {exc}", section)
+
+
+def _config_message(exc: ConfigError) -> str:
+    """ConfigError's own words (``key line N 'value': rule``), a bare rule for a
+    missing key."""
+    return str(exc) if exc.value is not None else f"{exc.key}: {exc.rule}"
+
+
+def _did_you_mean(key: str) -> str:
+    names = [o.name for o in OPTIONS]
+    close = difflib.get_close_matches(key.replace("_", "."), names, 1, 0.6) or \
+        difflib.get_close_matches(key, names, 1, 0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return "the options are listed in the README's options table"
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+def _server(report: IniReport, loader: Any, object_type: Any, name: str) -> None:
+    section = _find_section(report, loader, object_type, name, top=False)
+    if section is None:
+        return
+    use = loader.parser.get(section, "use", fallback="")
+    context = _context(report, loader, object_type, name, section, use)
+    if context is None:
+        return
+    local_conf = {str(k): str(v) for k, v in context.local_conf.items()}
+    server = ServerConf(section, use, local_conf)
+    report.servers.append(server)
+    try:
+        from waitress import serve_paste
+    except ImportError:  # pragma: no cover - waitress is a dependency
+        return
+    if getattr(context, "object", None) is serve_paste:
+        server.waitress = True
+        server.values = check_waitress(report, section, local_conf)
+
+
+def check_waitress(report: IniReport, section: str, local_conf: Mapping[str, str]
+                   ) -> dict[str, str]:
+    """waitress's own checks (``Adjustments``), key by key and then together, plus
+    the values it accepts but cannot serve with; the converted values."""
+    from waitress.adjustments import Adjustments
+
+    known = [name for name, _ in Adjustments._params]
+    before = len(report.problems)
+    values: dict[str, str] = {}
+    for key, value in local_conf.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, 1)
+            hint = f"did you mean {close[0]}?" if close else (
+                "see waitress's documentation (Arguments to waitress.serve)")
+            report.add(f"not a waitress setting; {hint}", section, key)
+            continue
+        try:
+            adjusted = Adjustments(**{key: value})
+        except Exception as exc:  # waitress raises ValueError, or worse for odd text
+            report.add(f"{value!r}: {exc}", section, key)
+            continue
+        problem = _unservable(key, value, adjusted)
+        if problem:
+            report.add(problem, section, key)
+            continue
+        values[key] = value.strip() if key in ("listen", "host") else str(
+            getattr(adjusted, key, value))
+    if len(report.problems) == before:
+        try:
+            Adjustments(**dict(local_conf))
+        except Exception as exc:
+            report.add(f"{exc}", section, next(iter(local_conf), ""))
+    return values
+
+
+def _unservable(key: str, value: str, adjusted: Any) -> str:
+    """What waitress accepts but cannot serve with (issue: threads = 0 starts a
+    server that answers nothing; a port over 65535 silently wraps around)."""
+    if key == "threads" and adjusted.threads < 1:
+        return f"{value!r}: must be 1 or more (waitress would answer no request)"
+    ports: list[str] = []
+    if key == "port":
+        ports = [value.strip()]
+    elif key == "listen":
+        for item in value.split():
+            host_part, sep, port = item.rpartition(":")
+            if sep and "]" not in port and port:
+                ports.append(port)
+    for port in ports:
+        if not port.isascii() or not port.isdigit() or int(port) > 65535:
+            return f"{value!r}: port {port!r} must be a number from 0 to 65535"
+    return ""
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+def _check_logging(report: IniReport, text: str) -> None:
+    """``[loggers]`` and what it names, read as ``logging.config.fileConfig`` reads
+    it (its own parser, keys in lower case); classes are resolved and ``args``
+    evaluated, but no handler is created, so no log file is opened."""
+    parser = configparser.ConfigParser({"__file__": report.path,
+                                        "here": os.path.dirname(report.path)})
+    try:
+        parser.read_string(text, source=report.path)
+    except configparser.Error as exc:
+        _parse_problems(report, text, exc)
+        return
+    if not parser.has_section("loggers"):
+        return
+    report.logging_sections = {
+        s: dict(parser.items(s, raw=True)) for s in parser.sections()
+        if s in ("loggers", "handlers", "formatters")
+        or s.startswith(("logger_", "handler_", "formatter_"))}
+    formatters = _keys(report, parser, "formatters")
+    handlers = _keys(report, parser, "handlers")
+    loggers = _keys(report, parser, "loggers")
+    report.loggers = loggers
+    for name in formatters:
+        _check_formatter(report, parser, f"formatter_{name}")
+    for name in handlers:
+        _check_handler(report, parser, f"handler_{name}", formatters)
+    if loggers and "root" not in loggers:
+        report.add("must list root (and may list more)", "loggers", "keys")
+    for name in loggers:
+        section = f"logger_{name}"
+        if not _has(report, parser, section, "loggers"):
+            continue
+        _check_level(report, parser, section)
+        if name != "root" and not parser.get(section, "qualname", raw=True, fallback=""):
+            report.add("is required: the logger's name, e.g. qualname = zope_lb",
+                       section, "qualname")
+        for handler in _names(parser.get(section, "handlers", raw=True, fallback="")):
+            if handler not in handlers:
+                report.add(f"{handler!r} is not in [handlers] keys", section, "handlers")
+
+
+def _keys(report: IniReport, parser: configparser.ConfigParser, section: str) -> list[str]:
+    if not parser.has_section(section):
+        report.add("is required with [loggers] (keys = ...)", section)
+        return []
+    return _names(parser.get(section, "keys", raw=True, fallback=""))
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _has(report: IniReport, parser: configparser.ConfigParser, section: str,
+         listed_in: str) -> bool:
+    if parser.has_section(section):
+        return True
+    report.add(f"is missing: [{listed_in}] keys names it", section)
+    return False
+
+
+def _check_level(report: IniReport, parser: configparser.ConfigParser, section: str) -> None:
+    level = parser.get(section, "level", raw=True, fallback="NOTSET")
+    if not isinstance(logging.getLevelName(level), int):
+        report.add(f"{level!r}: must be DEBUG, INFO, WARNING, ERROR, CRITICAL or NOTSET",
+                   section, "level")
+
+
+def _check_formatter(report: IniReport, parser: configparser.ConfigParser,
+                     section: str) -> None:
+    if not _has(report, parser, section, "formatters"):
+        return
+    fmt = parser.get(section, "format", raw=True, fallback=None)
+    style = parser.get(section, "style", raw=True, fallback="%")
+    if style not in ("%", "{", "$"):
+        report.add(f"{style!r}: must be %, {{ or $", section, "style")
+        return
+    try:
+        logging.Formatter(fmt, parser.get(section, "datefmt", raw=True, fallback=None),
+                          style)  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError) as exc:
+        report.add(f"{fmt!r}: {exc}", section, "format")
+
+
+def _check_handler(report: IniReport, parser: configparser.ConfigParser, section: str,
+                   formatters: Iterable[str]) -> None:
+    if not _has(report, parser, section, "handlers"):
+        return
+    names = vars(logging)
+    klass = parser.get(section, "class", raw=True, fallback="")
+    if not klass:
+        report.add("is required, e.g. class = StreamHandler", section, "class")
+    else:
+        try:
+            resolved = eval(klass, names)  # as fileConfig does
+        except Exception:
+            resolved = None
+        if not isinstance(resolved, type) or not issubclass(resolved, logging.Handler):
+            report.add(f"{klass!r} is not a logging handler class (e.g. StreamHandler, "
+                       "handlers.RotatingFileHandler)", section, "class")
+    for key, kind in (("args", tuple), ("kwargs", dict)):
+        try:
+            value = parser.get(section, key, fallback="()" if key == "args" else "{}")
+        except (configparser.Error, ValueError) as exc:
+            report.add(interpolation_message(exc), section, key)
+            continue
+        try:
+            evaluated = eval(value, names)  # as fileConfig does
+        except Exception as exc:
+            report.add(f"{value!r} is not a Python {kind.__name__}: {exc}", section, key)
+            continue
+        if not isinstance(evaluated, kind):
+            report.add(f"{value!r} must be a {kind.__name__}, e.g. "
+                       + ("(sys.stderr,)" if kind is tuple else "{}"), section, key)
+    if parser.has_option(section, "level"):
+        _check_level(report, parser, section)
+    formatter = parser.get(section, "formatter", raw=True, fallback="")
+    if formatter and formatter not in formatters:
+        report.add(f"{formatter!r} is not in [formatters] keys", section, "formatter")
+
+
+# -- printing ----------------------------------------------------------------------------------
+
+
+def format_report(report: IniReport) -> str:
+    """The effective configuration as ini text, comments saying where values come from."""
+    out = [f"# {report.path}: configuration OK"]
+    if report.chain:
+        out.append("# app: " + " -> ".join(
+            f"[{section}]" + (f" ({use})" if use else "") for section, use in report.chain))
+    for balancer in report.balancers:
+        out += ["", f"[{balancer.section}]", f"# use = {balancer.use}"]
+        if balancer.state_path:
+            exists = os.path.exists(balancer.state_path)
+            out.append(f"# state file: {balancer.state_path}"
+                       + ("" if exists else " (none yet)"))
+        removed = sorted(k for k, v in balancer.from_state.items() if v is None)
+        if removed:
+            out.append(f"# removed by the state file: {', '.join(removed)}")
+        secrets = {o.name for o in OPTIONS if o.secret}
+        for key, value in balancer.options.items():
+            shown = ("(set, not shown)" if value else "") if key in secrets else value
+            lines = shown.splitlines()
+            mark = "    # from the state file" if key in balancer.from_state else ""
+            if len(lines) > 1:
+                out.append(f"{key} ={mark}")
+                out += [f"    {line}" for line in lines]
+            else:
+                out.append(f"{key} = {shown}".rstrip() + mark)
+    for server in report.servers:
+        out += ["", f"[{server.section}]", f"# use = {server.use}"]
+        values = server.values if server.waitress else server.local_conf
+        out += [f"{key} = {value}".rstrip() for key, value in values.items()]
+    if report.loggers:
+        out += ["", f"# logging: [loggers] {', '.join(report.loggers)}"]
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def collected(records: list[logging.LogRecord]) -> Iterator[None]:
+    """zope_lb's log records go to ``records`` only, while nothing else runs (the
+    CLI's start-up): the checks' warnings are shown with the check, or dropped
+    when ``serve`` will log them again once logging is set up."""
+    logger = logging.getLogger("zope_lb")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.INFO)
+    propagate, level = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
