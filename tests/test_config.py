@@ -97,6 +97,15 @@ def test_config_checks_the_filter_of_a_pipeline(tmp_path, capsys, monkeypatch):
                    "starting with '/'\n")
 
 
+def test_config_shows_each_warning_once(tmp_path, capsys):
+    ini = tmp_path / "one.ini"
+    ini.write_text("[app:main]\nuse = egg:zope_lb\nbackends = 127.0.0.1:8081\n"
+                   "[server:main]\nuse = egg:waitress#main\n")
+    status, out, err = check_main(capsys, ini)
+    assert status == 0, err
+    assert out.count("# warning: only 1 primary backend configured: that is a proxy") == 1
+
+
 def test_config_never_shows_secrets(tmp_path, capsys):
     ini = tmp_path / "production.ini"
     ini.write_text(GOOD.replace("[server:main]", "health.zeo = true\n"

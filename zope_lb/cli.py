@@ -79,9 +79,9 @@ def config(args: argparse.Namespace) -> int:
             print(f"zope-lb: {problem}", file=sys.stderr)
         return 1
     print(format_report(report))
-    for record in records:
-        if record.levelno >= logging.WARNING:
-            print(f"# warning: {record.getMessage()}")
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    for warning in dict.fromkeys(warnings):  # each check parses the options again: once
+        print(f"# warning: {warning}")
     return 0
 
 
