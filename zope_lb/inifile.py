@@ -33,6 +33,7 @@ import difflib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -688,26 +689,29 @@ def format_report(report: IniReport) -> str:
     return "\n".join(out)
 
 
+#: The loggers the checks write to (settings warnings, state file notes).
+CHECK_LOGGERS = ("zope_lb.settings", "zope_lb.state")
+
+
 @contextlib.contextmanager
 def collected(records: list[logging.LogRecord]) -> Iterator[None]:
-    """zope_lb's log records go to ``records`` only, while nothing else runs (the
-    CLI's start-up): the checks' warnings are shown with the check, or dropped
-    when ``serve`` will log them again once logging is set up."""
-    logger = logging.getLogger("zope_lb")
+    """What the checks log in this thread goes to ``records`` instead of the log:
+    ``zope-lb config`` prints it with its report; ``serve`` and a reload drop it,
+    since loading or applying the ini logs the same warnings again. Records of
+    other threads (requests served meanwhile) pass as usual."""
+    thread = threading.get_ident()
 
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
+    def divert(record: logging.LogRecord) -> bool:
+        if record.thread != thread:
+            return True
+        records.append(record)
+        return False
 
-    handler = Collect(logging.INFO)
-    propagate, level = logger.propagate, logger.level
-    logger.addHandler(handler)
-    logger.propagate = False
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in CHECK_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(divert)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-        logger.setLevel(level)
+        for logger in loggers:
+            logger.removeFilter(divert)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
-from .inifile import IniReport, check_ini
+from .inifile import IniReport, check_ini, collected
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class Reloader:
         self.path = ini_path(uri)
         self.app_name = app_name
         self.server_name = server_name
-        self.started = check_ini(self.path, app_name, server_name)
+        with collected([]):  # loading the app has logged its warnings already
+            self.started = check_ini(self.path, app_name, server_name)
         live = balancers_of(app)
         sections = [b.section for b in self.started.balancers]
         self.live: dict[str, Any] = dict(zip(sections, live, strict=False))
@@ -118,7 +119,8 @@ class Reloader:
             return False
 
     def _reload(self) -> bool:
-        report = check_ini(self.path, self.app_name, self.server_name)
+        with collected([]):  # applying logs the warnings that still hold
+            report = check_ini(self.path, self.app_name, self.server_name)
         if not report.ok:
             log.error("SIGHUP: %s not applied, the running configuration stays: %s",
                       self.path, "; ".join(str(p) for p in report.problems))
