@@ -162,6 +162,10 @@ BAD = [
      [":1: 'backends = 127.0.0.1:8081' comes before any [section] header"]),
     (APP + "[app:main]\n" + SERVER,
      [":6: [app:main] section written twice"]),
+    (APP + SERVER.replace("use = egg:waitress#main\n", ""),
+     [": [server:main] has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress"]),
+    ("[pipeline:main]\npipeline = lb\n" + APP + SERVER,
+     [": [app:main], [pipeline:main] could each be [app:main] or [pipeline:main]; keep one"]),
     (APP + "health.zeo = true\n" + SERVER,
      [": [app:main] health.zeo 'true': needs health.auth"]),
     ("[pipeline:main]\npipeline = lb\nprefix = /\n[filter:lb]\n" + SERVER,
@@ -314,8 +318,27 @@ _line = st.one_of(
 )
 _ini = st.builds(lambda lines: "\n".join(lines).encode(),
                  st.lists(_line, min_size=0, max_size=25))
-_bytes = st.one_of(_ini, st.builds(lambda text, junk: text + junk, _ini,
-                                   st.binary(min_size=1, max_size=4)))
+
+
+@st.composite
+def _edited(draw) -> bytes:
+    """A good production ini with a few lines deleted, replaced or added."""
+    lines = (GOOD + "\n[app:admin]\nuse = egg:zope_lb#admin\nbalancer = main\n").splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(lines)))
+        action = draw(st.sampled_from(["delete", "replace", "insert"]))
+        if action == "delete" and at < len(lines):
+            del lines[at]
+        elif action == "replace" and at < len(lines):
+            lines[at] = draw(_line)
+        else:
+            lines.insert(at, draw(_line))
+    return "\n".join(lines).encode()
+
+
+_bytes = st.one_of(_ini, _edited(), st.builds(lambda text, junk: text + junk,
+                                             st.one_of(_ini, _edited()),
+                                             st.binary(min_size=1, max_size=4)))
 
 
 @settings(max_examples=300, deadline=None,

@@ -109,6 +109,8 @@ class IniReport:
 
     def add(self, message: str, section: str = "", key: str = "", line: int | None = None,
             file: str = "") -> None:
+        # one problem, one line: a name or message may hold a continuation line
+        message, section, key = (" ".join(text.splitlines()) for text in (message, section, key))
         problem = Problem(file or self.path, message, section, key, line)
         if problem not in self.problems:
             self.problems.append(problem)
@@ -311,7 +313,10 @@ def _find_section(report: IniReport, loader: Any, object_type: Any, name: str,
         wanted = f"[app:{name}] or [pipeline:{name}]" if kind == "application" else (
             f"[{kind}:{name}]")
         if "Ambiguous" in str(exc):
-            report.add(f"more than one section could be {wanted}; keep one")
+            found = re.search(r"\[([^]]*)\]", str(exc))
+            names = ", ".join(f"[{n.strip(chr(39))}]" for n in found.group(1).split(", ")
+                              ) if found else wanted
+            report.add(f"{names} could each be {wanted}; keep one")
             return None
         sections = loader.parser.sections()
         close = difflib.get_close_matches(f"{wanted.split(']')[0][1:]}", sections, 1)
@@ -343,6 +348,8 @@ def _context(report: IniReport, loader: Any, object_type: Any, name: str, sectio
 
 def _lookup_message(exc: LookupError, use: str) -> str:
     text = str(exc).replace("\n", " ")
+    if text.startswith("No loader given"):
+        return "has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress#main"
     match = re.fullmatch(r"egg:([^#\s]+)(?:#(\S+))?", use.strip())
     if match and "Entry point" in text:
         from importlib import metadata
