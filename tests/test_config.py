@@ -106,6 +106,19 @@ def test_config_shows_each_warning_once(tmp_path, capsys):
     assert out.count("# warning: only 1 primary backend configured: that is a proxy") == 1
 
 
+def test_config_shows_waitress_settings_as_converted(tmp_path, capsys):
+    ini = tmp_path / "w.ini"
+    ini.write_text(APP + SERVER.replace("127.0.0.1:6543", "127.0.0.1:6543  [::1]:6543")
+                   + "trusted_proxy = 127.0.0.1\ntrusted_proxy_headers = x-forwarded-proto "
+                     "x-forwarded-for\nclear_untrusted_proxy_headers = no\n")
+    status, out, err = check_main(capsys, ini)
+    assert status == 0, err
+    assert ("[server:main]\n# use = egg:waitress#main\n"
+            "listen = 127.0.0.1:6543 [::1]:6543\ntrusted_proxy = 127.0.0.1\n"
+            "trusted_proxy_headers = x-forwarded-for x-forwarded-proto\n"
+            "clear_untrusted_proxy_headers = false\n") in out
+
+
 def test_config_never_shows_secrets(tmp_path, capsys):
     ini = tmp_path / "production.ini"
     ini.write_text(GOOD.replace("[server:main]", "health.zeo = true\n"
@@ -146,6 +159,8 @@ BAD = [
      [": [server:main] listen: 'nonsense': Invalid host/port specified."]),
     (APP + SERVER.replace("127.0.0.1:6543", "127.0.0.1:99999"),
      [": [server:main] listen: '127.0.0.1:99999': port '99999' must be a number"]),
+    (APP + SERVER + "threads = \u0664\n",
+     [": [server:main] threads: '\u0664': must be a whole number (ASCII digits)"]),
     (APP + SERVER + "port = 8080\n",
      [": [server:main] listen: host or port may not be set if listen is set."]),
     (APP.replace("egg:zope_lb", "egg:zope_lb#balancr") + SERVER,

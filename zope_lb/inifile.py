@@ -40,7 +40,14 @@ from typing import Any
 
 from . import state
 from .errors import ConfigError
-from .settings import OPTIONS, POOL_FIELDS, format_options, parse_backends, parse_settings
+from .settings import (
+    OPTIONS,
+    POOL_FIELDS,
+    format_options,
+    format_value,
+    parse_backends,
+    parse_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -499,17 +506,22 @@ def check_waitress(report: IniReport, section: str, local_conf: Mapping[str, str
                 "see waitress's documentation (Arguments to waitress.serve)")
             report.add(f"not a waitress setting; {hint}", section, key)
             continue
+        convert = Adjustments._param_map[key]
         try:
-            adjusted = Adjustments(**{key: value})
+            if convert is int and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+                raise ValueError("must be a whole number (ASCII digits)")
+            converted = convert(value)
+            if key == "listen":  # parsed (and resolved) by the constructor only
+                Adjustments(listen=value)
         except Exception as exc:  # waitress raises ValueError, or worse for odd text
             report.add(f"{value!r}: {exc}", section, key)
             continue
-        problem = _unservable(key, value, adjusted)
+        problem = _unservable(key, value, converted)
         if problem:
             report.add(problem, section, key)
             continue
-        values[key] = value.strip() if key in ("listen", "host") else str(
-            getattr(adjusted, key, value))
+        values[key] = (" ".join(value.split()) if key in ("listen", "host", "sockets")
+                       else _server_value(converted))
     if len(report.problems) == before:
         try:
             Adjustments(**dict(local_conf))
@@ -518,10 +530,17 @@ def check_waitress(report: IniReport, section: str, local_conf: Mapping[str, str
     return values
 
 
-def _unservable(key: str, value: str, adjusted: Any) -> str:
+def _server_value(value: object) -> str:
+    """A converted waitress setting as ini text."""
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return " ".join(sorted(str(item) for item in value))
+    return format_value(value)
+
+
+def _unservable(key: str, value: str, converted: Any) -> str:
     """What waitress accepts but cannot serve with (issue: threads = 0 starts a
     server that answers nothing; a port over 65535 silently wraps around)."""
-    if key == "threads" and adjusted.threads < 1:
+    if key == "threads" and converted < 1:
         return f"{value!r}: must be 1 or more (waitress would answer no request)"
     ports: list[str] = []
     if key == "port":

@@ -162,6 +162,12 @@ def restart_needed(started: IniReport, now: IniReport) -> list[str]:
     lines: list[str] = []
     if started.chain != now.chain:
         lines.append(f"the app changed from {_chain(started)} to {_chain(now)}")
+    old_paths = {b.section: b.state_path for b in started.balancers}
+    for balancer in now.balancers:
+        old_path = old_paths.get(balancer.section, balancer.state_path)
+        if old_path != balancer.state_path:
+            lines.append(f"[{balancer.section}] state_file changed from {old_path} to "
+                         f"{balancer.state_path}")
     old_servers = {s.section: s.local_conf for s in started.servers}
     for server in now.servers:
         old = old_servers.get(server.section, {})
