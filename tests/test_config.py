@@ -280,20 +280,31 @@ def test_serve_refuses_a_key_written_twice_without_a_traceback(tmp_path):
                              "this section; keep one (the parser refuses both)\n")
 
 
-def test_setup_logging_reports_a_broken_handler_in_one_line(tmp_path):
-    """A log file that cannot be opened: a problem in one line, no traceback (in a
-    process of its own: fileConfig replaces every handler, pytest's too)."""
+def test_a_log_file_that_cannot_be_written_is_named_by_config_and_serve(tmp_path):
     ini = tmp_path / "log.ini"
     ini.write_text(GOOD.replace("class = StreamHandler\nargs = (sys.stderr,)",
-                                "class = FileHandler\nargs = ('%(here)s/no/such/x.log',)"))
+                                "class = handlers.RotatingFileHandler\n"
+                                "args = ('%(here)s/no/such/x.log', 'a', 1000000, 5)"))
+    expected = (f"zope-lb: {ini}: [handler_console] args: the log file's directory "
+                f"{tmp_path}/no/such does not exist\n")
+    for command, status in (("config", 1), ("serve", 2)):
+        result = subprocess.run([console_script(), command, str(ini)], capture_output=True,
+                                text=True, timeout=60, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (status, expected)
+
+
+def test_setup_logging_reports_what_fileconfig_refuses_in_one_line(tmp_path):
+    """What only fileConfig finds (here: a handler class that fails when made) is
+    one line too (in a process of its own: fileConfig replaces every handler)."""
+    ini = tmp_path / "log.ini"
+    ini.write_text(GOOD.replace("args = (sys.stderr,)", "args = (sys.stderr, 'extra', 3)"))
     result = subprocess.run(
         [sys.executable, "-c", "import sys; from zope_lb.cli import setup_logging; "
                                "print(setup_logging(sys.argv[1]))", str(ini)],
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stderr == ""
-    problem = result.stdout
-    assert problem.startswith(f"{ini}: [loggers]: logging cannot be set up: ")
-    assert "No such file or directory" in problem and problem.count("\n") == 1
+    assert result.stdout.startswith(f"{ini}: [loggers] logging cannot be set up: TypeError")
+    assert result.stdout.count("\n") == 1
 
 
 # -- --version ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def setup_logging(ini_path: str) -> str | None:
                 encoding="utf-8",
             )
     except Exception as exc:  # fileConfig raises whatever the sections make it raise
-        problem = f"{ini_path}: [loggers]: logging cannot be set up: {type(exc).__name__}: {exc}"
+        problem = f"{ini_path}: [loggers] logging cannot be set up: {type(exc).__name__}: {exc}"
         parser = configparser.ConfigParser()
     if not parser.has_section("loggers"):
         logging.basicConfig(

@@ -31,6 +31,7 @@ import configparser
 import contextlib
 import difflib
 import logging
+import logging.handlers  # so fileConfig's names resolve: handlers.RotatingFileHandler
 import os
 import re
 import threading
@@ -646,6 +647,7 @@ def _check_handler(report: IniReport, parser: configparser.ConfigParser, section
     if not _has(report, parser, section, "handlers"):
         return
     names = vars(logging)
+    resolved: Any = None
     klass = parser.get(section, "class", raw=True, fallback="")
     if not klass:
         report.add("is required, e.g. class = StreamHandler", section, "class")
@@ -657,6 +659,7 @@ def _check_handler(report: IniReport, parser: configparser.ConfigParser, section
         if not isinstance(resolved, type) or not issubclass(resolved, logging.Handler):
             report.add(f"{klass!r} is not a logging handler class (e.g. StreamHandler, "
                        "handlers.RotatingFileHandler)", section, "class")
+    given: dict[str, Any] = {}
     for key, kind in (("args", tuple), ("kwargs", dict)):
         try:
             value = parser.get(section, key, fallback="()" if key == "args" else "{}")
@@ -671,11 +674,31 @@ def _check_handler(report: IniReport, parser: configparser.ConfigParser, section
         if not isinstance(evaluated, kind):
             report.add(f"{value!r} must be a {kind.__name__}, e.g. "
                        + ("(sys.stderr,)" if kind is tuple else "{}"), section, key)
+            continue
+        given[key] = evaluated
+    if isinstance(resolved, type) and issubclass(resolved, logging.FileHandler):
+        args, kwargs = given.get("args", ()), given.get("kwargs", {})
+        filename = args[0] if args else kwargs.get("filename")
+        if isinstance(filename, (str, os.PathLike)):
+            problem = _unwritable(os.path.abspath(os.fspath(filename)))
+            if problem:
+                report.add(problem, section, "args" if args else "kwargs")
     if parser.has_option(section, "level"):
         _check_level(report, parser, section)
     formatter = parser.get(section, "formatter", raw=True, fallback="")
     if formatter and formatter not in formatters:
         report.add(f"{formatter!r} is not in [formatters] keys", section, "formatter")
+
+
+def _unwritable(path: str) -> str:
+    """Why a log file cannot be written there, or '' (checked without opening it)."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return f"the log file's directory {directory} does not exist"
+    if os.path.exists(path):
+        return "" if os.access(path, os.W_OK) else f"the log file {path} is not writable"
+    return "" if os.access(directory, os.W_OK | os.X_OK) else (
+        f"the log file cannot be created: {directory} is not writable")
 
 
 # -- printing ----------------------------------------------------------------------------------
