@@ -58,6 +58,15 @@ def test_config_prints_the_effective_configuration_of_a_production_ini(tmp_path)
     assert err == ""
 
 
+def test_config_piped_into_head_ends_quietly(tmp_path):
+    ini = tmp_path / "production.ini"
+    ini.write_text(GOOD)
+    result = subprocess.run(f"'{console_script()}' config '{ini}' | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == f"# {ini}: configuration OK\n"
+    assert result.stderr == ""
+
+
 def test_config_accepts_the_shipped_development_ini():
     result = subprocess.run([console_script(), "config", str(ROOT / "development.ini")],
                             capture_output=True, text=True, timeout=60)

@@ -78,10 +78,13 @@ def config(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"zope-lb: {problem}", file=sys.stderr)
         return 1
-    print(format_report(report))
     warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
-    for warning in dict.fromkeys(warnings):  # each check parses the options again: once
-        print(f"# warning: {warning}")
+    lines = [format_report(report)]
+    lines += [f"# warning: {w}" for w in dict.fromkeys(warnings)]  # each once
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `zope-lb config x.ini | head` ends quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -297,10 +297,10 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
         next_name = loader.parser.get(section, "next", fallback="")
         _walk(report, loader, _app_type(), next_name)
         return
-    if context.object_type is FILTER_WITH:
+    if context.object_type is FILTER_WITH:  # the filter wraps this section's app
+        _walk(report, loader, FILTER, loader.parser.get(section, "filter-with"))
         report.chain.append((section, use))
         _factory(report, section, use, context.next_context)
-        _walk(report, loader, FILTER, loader.parser.get(section, "filter-with"))
         return
     report.chain.append((section, use))
     _factory(report, section, use, context)
