@@ -4,6 +4,7 @@ restart is named; a filter pipeline reloads its filter's options."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -168,3 +169,45 @@ def test_balancers_of_follows_wrapped_apps():
     finally:
         inner.close()
         outer.close()
+
+
+def test_a_reload_to_another_app_structure_is_not_applied_and_says_so(tmp_path, caplog,
+                                                                     monkeypatch):
+    from paste.deploy import loadapp
+
+    from zope_lb.reload import Reloader
+
+    monkeypatch.syspath_prepend(HERE)
+    caplog.set_level(logging.INFO, logger="zope_lb")
+    ini = tmp_path / "x.ini"
+    lines = "backends =\n    127.0.0.1:8081\n    127.0.0.1:8082\nhealth.interval = 0\n"
+    server = "[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:6543\n"
+    ini.write_text("[app:main]\nuse = egg:zope_lb\n" + lines + server)
+    app = loadapp(f"config:{ini}")
+    try:
+        reloader = Reloader(app, f"config:{ini}", "main")
+        ini.write_text("[pipeline:main]\npipeline = lb local\n[filter:lb]\n"
+                       "use = egg:zope_lb#balancer\n" + lines.replace("8082", "8083")
+                       + "[app:local]\nuse = call:apps:local_app_factory\n" + server)
+        caplog.clear()
+        assert reloader.reload() is False
+        messages = [(r.levelname, r.getMessage()) for r in caplog.records
+                    if r.name == "zope_lb.reload"]
+        assert messages == [
+            ("WARNING", "SIGHUP: the app changed from [app:main] egg:zope_lb to "
+                        "[pipeline:main] -> [filter:lb] egg:zope_lb#balancer -> [app:local] "
+                        "call:apps:local_app_factory: takes effect after a restart"),
+            ("WARNING", f"SIGHUP: {ini} not applied: none of its balancer sections "
+                        "([filter:lb]) is the one running ([app:main]); restart to use it")]
+        assert [b.port for b in app.settings.backends] == [8081, 8082]
+
+        ini.write_text("[app:main]\nuse = egg:zope_lb\n" + lines + "timeout.read = 30\n"
+                       + server)
+        caplog.clear()
+        assert reloader.reload() is True
+        assert app.settings.timeout_read == 30.0
+        assert [(r.levelname, r.getMessage()) for r in caplog.records
+                if r.name == "zope_lb.reload"] == [
+            ("INFO", f"SIGHUP: applied {ini}: [app:main] timeout.read")]
+    finally:
+        app.close()

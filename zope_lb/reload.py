@@ -131,6 +131,12 @@ class Reloader:
             log.error("SIGHUP: %s not applied, the running configuration stays: no running "
                       "zope_lb balancer to apply it to", self.path)
             return False
+        if not any(b.section in self.live for b in report.balancers):
+            log.warning("SIGHUP: %s not applied: none of its balancer sections (%s) is the "
+                        "one running (%s); restart to use it", self.path,
+                        ", ".join(f"[{b.section}]" for b in report.balancers) or "none",
+                        ", ".join(f"[{s}]" for s in self.live))
+            return False
         changed: list[str] = []
         for balancer in report.balancers:
             live = self.live.get(balancer.section)
