@@ -190,6 +190,14 @@ BAD = [
      [": [server:main] has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress"]),
     ("[pipeline:main]\npipeline = lb\n" + APP + SERVER,
      [": [app:main], [pipeline:main] could each be [app:main] or [pipeline:main]; keep one"]),
+    ("[pipeline:main]\npipeline = lb main\n[filter:lb]\nuse = egg:zope_lb#balancer\n"
+     "backends = 127.0.0.1:8081\n" + SERVER,
+     [": [pipeline:main] is part of itself: [pipeline:main] -> [pipeline:main]"]),
+    ("[filter-app:main]\nuse = egg:zope_lb#balancer\nbackends = 127.0.0.1:8081\n"
+     "next = other\n[filter-app:other]\nuse = egg:zope_lb#balancer\n"
+     "backends = 127.0.0.1:8082\nnext = main\n" + SERVER,
+     [": [filter-app:other] is part of itself: [filter-app:main] -> [filter-app:other] -> "
+      "[filter-app:main]"]),
     (APP + "health.zeo = true\n" + SERVER,
      [": [app:main] health.zeo 'true': needs health.auth"]),
     ("[pipeline:main]\npipeline = lb\nprefix = /\n[filter:lb]\n" + SERVER,

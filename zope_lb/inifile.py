@@ -157,6 +157,10 @@ def _check(report: IniReport, app_name: str, server_name: str | None,
         raw = loader.parser.get(section, key, raw=True)
         loader.parser.set(section, key, raw.replace("%", "%%"))
     for name in (app_name, *also):
+        loop = _loop(loader, APP, name)
+        if loop:  # PasteDeploy would recurse until Python gives up
+            report.add(f"is part of itself: {' -> '.join(f'[{s}]' for s in loop)}", loop[-2])
+            continue
         _walk(report, loader, APP, name, top=True)
     for name in ([server_name] if server_name else []) + list(also):
         _server(report, loader, SERVER, name)
@@ -304,6 +308,36 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
         return
     report.chain.append((section, use))
     _factory(report, section, use, context)
+
+
+def _loop(loader: Any, object_type: Any, name: str, inside: tuple[str, ...] = ()
+          ) -> tuple[str, ...]:
+    """The sections of a loop through pipelines, ``next`` or ``filter-with``
+    starting at ``name``, or () if there is none."""
+    from paste.deploy.loadwsgi import APP, FILTER
+
+    if loader.absolute_name(name) or len(inside) > 100:
+        return ()
+    try:
+        section = str(loader.find_config_section(object_type, name=name))
+    except LookupError:
+        return ()
+    if section in inside:
+        return (*inside, section)
+    parser = loader.parser
+    refs: list[tuple[Any, str]] = []
+    if section.startswith("pipeline:"):
+        names = parser.get(section, "pipeline", raw=True, fallback="").split()
+        refs = [(FILTER, n) for n in names[:-1]] + [(APP, n) for n in names[-1:]]
+    if section.startswith("filter-app:"):
+        refs.append((APP, parser.get(section, "next", raw=True, fallback="")))
+    if parser.has_option(section, "filter-with"):
+        refs.append((FILTER, parser.get(section, "filter-with", raw=True)))
+    for ref_type, ref in refs:
+        loop = _loop(loader, ref_type, ref, (*inside, section))
+        if loop:
+            return loop
+    return ()
 
 
 def _app_type() -> Any:
