@@ -378,20 +378,22 @@ def _context(report: IniReport, loader: Any, object_type: Any, name: str, sectio
         return loader.get_context(object_type, name)
     except configparser.InterpolationError as exc:
         report.add(interpolation_message(exc), exc.section, exc.option)
+    except KeyError as exc:  # "get NAME = VAR" with no VAR in [DEFAULT]
+        report.add(f"'get' names {exc.args[0]!r}, which [DEFAULT] does not set", section)
     except LookupError as exc:
         report.add(_lookup_message(exc, use), section, "use" if use else "")
-    except ImportError as exc:
-        report.add(f"{use!r} cannot be loaded: {exc}", section, "use" if use else "")
     except Exception as exc:  # a factory module that fails on import, a bad 'require'...
-        report.add(f"{use or 'its factory'!r} cannot be loaded: {type(exc).__name__}: {exc}",
-                   section, "use" if use else "")
+        what = repr(use) if use else "its factory (or a 'require')"
+        detail = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        report.add(f"{what} cannot be loaded: {detail}", section, "use" if use else "")
     return None
 
 
 def _lookup_message(exc: LookupError, use: str) -> str:
     text = str(exc).replace("\n", " ")
     if text.startswith("No loader given"):
-        return "has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress#main"
+        return (f"{use!r} names a section without a 'use =' line" if use else
+                "has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress#main")
     match = re.fullmatch(r"egg:([^#\s]+)(?:#(\S+))?", use.strip())
     if match and "Entry point" in text:
         from importlib import metadata
