@@ -97,16 +97,16 @@ def serve(args: argparse.Namespace) -> int:
     if not os.path.isfile(ini_path):
         print(f"zope-lb: no such file: {args.ini}", file=sys.stderr)
         return 2
-    problems = start_up(ini_path, args.app_name, args.server_name, args.also)
-    if problems:
-        print("\n".join(problems), file=sys.stderr)
-        return 2
     try:
         # Before the app exists: a thread inherits its CPU set when it starts,
         # and the balancer starts its health checker while loading.
         cpu = confine(parse_cpu(args.cpu))
     except ConfigError as exc:
         print(f"zope-lb: {exc}", file=sys.stderr)
+        return 2
+    problems = start_up(ini_path, args.app_name, args.server_name, args.also)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 2
     if cpu is not None:
         log.info("zope-lb runs on CPU core %d (--cpu all lets it float)", cpu)
