@@ -102,7 +102,7 @@ def test_config_checks_the_filter_of_a_pipeline(tmp_path, capsys, monkeypatch):
     ini.write_text(ini.read_text().replace("prefix = /site", "prefix = site"))
     status, out, err = check_main(capsys, ini)
     assert status == 1
-    assert err == (f"zope-lb: {ini}: [filter:lb] prefix 'site': must be a path "
+    assert err == (f"zope-lb: {ini}:7: [filter:lb] prefix 'site': must be a path "
                    "starting with '/'\n")
 
 
@@ -149,34 +149,34 @@ BAD = [
     (APP + "  stray\nnot a key line\n" + SERVER,
      [":7: [app:main] 'not a key line' is neither 'key = value'"]),
     (APP + "health.auth = admin:p%ss\n" + SERVER,
-     [": [app:main] health.auth: a '%' in a value must be written '%%'"]),
+     [":6: [app:main] health.auth: a '%' in a value must be written '%%'"]),
     (APP + "timout.read = 30\n" + SERVER,
-     [": [app:main] timout.read: unknown option; did you mean timeout.read?"]),
+     [":6: [app:main] timout.read: unknown option; did you mean timeout.read?"]),
     (APP + "timeout_conect = 3\n" + SERVER,
-     [": [app:main] timeout_conect: unknown option; did you mean timeout.connect?"]),
+     [":6: [app:main] timeout_conect: unknown option; did you mean timeout.connect?"]),
     (APP + "timeout.read = soon\nmaxconn = -1\nstrategy = fastest\n" + SERVER,
-     [": [app:main] timeout.read 'soon': must be a duration",
-      ": [app:main] maxconn '-1': must be 0 or more",
-      ": [app:main] strategy 'fastest': unknown strategy"]),
+     [":6: [app:main] timeout.read 'soon': must be a duration",
+      ":7: [app:main] maxconn '-1': must be 0 or more",
+      ":8: [app:main] strategy 'fastest': unknown strategy"]),
     (APP.replace("127.0.0.1:8082", "http://127.0.0.1:8082") + SERVER,
-     [": [app:main] backends line 2 'http://127.0.0.1:8082': drop the 'http://' prefix"]),
+     [":3: [app:main] backends line 2 'http://127.0.0.1:8082': drop the 'http://' prefix"]),
     (APP + SERVER + "thread = 4\n",
-     [": [server:main] thread: not a waitress setting; did you mean threads?"]),
+     [":10: [server:main] thread: not a waitress setting; did you mean threads?"]),
     (APP + SERVER + "threads = 0\n",
-     [": [server:main] threads: '0': must be 1 or more"]),
+     [":10: [server:main] threads: '0': must be 1 or more"]),
     (APP + SERVER.replace("127.0.0.1:6543", "nonsense"),
-     [": [server:main] listen: 'nonsense': Invalid host/port specified."]),
+     [":9: [server:main] listen: 'nonsense': Invalid host/port specified."]),
     (APP + SERVER.replace("127.0.0.1:6543", "127.0.0.1:99999"),
-     [": [server:main] listen: '127.0.0.1:99999': port '99999' must be a number"]),
+     [":9: [server:main] listen: '127.0.0.1:99999': port '99999' must be a number"]),
     (APP + SERVER + "threads = \u0664\n",
-     [": [server:main] threads: '\u0664': must be a whole number (ASCII digits)"]),
+     [":10: [server:main] threads: '\u0664': must be a whole number (ASCII digits)"]),
     (APP + SERVER + "port = 8080\n",
-     [": [server:main] listen: host or port may not be set if listen is set."]),
+     [":9: [server:main] listen: host or port may not be set if listen is set."]),
     (APP.replace("egg:zope_lb", "egg:zope_lb#balancr") + SERVER,
-     [": [app:main] use: 'egg:zope_lb#balancr': zope_lb has no such factory for this "
+     [":2: [app:main] use: 'egg:zope_lb#balancr': zope_lb has no such factory for this "
       "section; did you mean egg:zope_lb#balancer?"]),
     (APP.replace("egg:zope_lb", "egg:no_such_dist") + SERVER,
-     [": [app:main] use: 'egg:no_such_dist' cannot be loaded"]),
+     [":2: [app:main] use: 'egg:no_such_dist' cannot be loaded"]),
     (APP.replace("[app:main]", "[app:mian]") + SERVER,
      [": no [app:main] or [pipeline:main] section (--app-name picks another); "
       "did you mean [app:mian]?"]),
@@ -187,37 +187,37 @@ BAD = [
     (APP + "[app:main]\n" + SERVER,
      [":6: [app:main] section written twice"]),
     (APP + SERVER.replace("use = egg:waitress#main\n", ""),
-     [": [server:main] has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress"]),
+     [":7: [server:main] has no 'use =' line, e.g. use = egg:zope_lb or use = egg:waitress"]),
     ("[pipeline:main]\npipeline = lb\n" + APP + SERVER,
      [": [app:main], [pipeline:main] could each be [app:main] or [pipeline:main]; keep one"]),
     ("[pipeline:main]\npipeline = lb main\n[filter:lb]\nuse = egg:zope_lb#balancer\n"
      "backends = 127.0.0.1:8081\n" + SERVER,
-     [": [pipeline:main] is part of itself: [pipeline:main] -> [pipeline:main]"]),
+     [":1: [pipeline:main] is part of itself: [pipeline:main] -> [pipeline:main]"]),
     ("[filter-app:main]\nuse = egg:zope_lb#balancer\nbackends = 127.0.0.1:8081\n"
      "next = other\n[filter-app:other]\nuse = egg:zope_lb#balancer\n"
      "backends = 127.0.0.1:8082\nnext = main\n" + SERVER,
-     [": [filter-app:other] is part of itself: [filter-app:main] -> [filter-app:other] -> "
+     [":5: [filter-app:other] is part of itself: [filter-app:main] -> [filter-app:other] -> "
       "[filter-app:main]"]),
     (APP + "health.zeo = true\n" + SERVER,
-     [": [app:main] health.zeo 'true': needs health.auth"]),
+     [":6: [app:main] health.zeo 'true': needs health.auth"]),
     ("[pipeline:main]\npipeline = lb\nprefix = /\n[filter:lb]\n" + SERVER,
-     [": [pipeline:main] prefix: a pipeline takes only 'pipeline'",
+     [":3: [pipeline:main] prefix: a pipeline takes only 'pipeline'",
       ": no [app:lb] or [pipeline:lb] section"]),
     (APP + SERVER + "\n[loggers]\nkeys = root\n[handlers]\nkeys = console\n[formatters]\n"
      "keys = generic\n[logger_root]\nlevel = INFOO\nhandlers = console, file\n"
      "[handler_console]\nclass = StreamHandlr\nargs = (sys.stderr\nformatter = plain\n"
      "[formatter_generic]\nformat = %(asctime\n",
-     [": [formatter_generic] format: '%(asctime': Invalid format",
-      ": [handler_console] class: 'StreamHandlr' is not a logging handler class",
-      ": [handler_console] args: '(sys.stderr' is not a Python tuple",
-      ": [handler_console] formatter: 'plain' is not in [formatters] keys",
-      ": [logger_root] level: 'INFOO': must be DEBUG, INFO",
-      ": [logger_root] handlers: 'file' is not in [handlers] keys"]),
+     [":25: [formatter_generic] format: '%(asctime': Invalid format",
+      ":21: [handler_console] class: 'StreamHandlr' is not a logging handler class",
+      ":22: [handler_console] args: '(sys.stderr' is not a Python tuple",
+      ":23: [handler_console] formatter: 'plain' is not in [formatters] keys",
+      ":18: [logger_root] level: 'INFOO': must be DEBUG, INFO",
+      ":19: [logger_root] handlers: 'file' is not in [handlers] keys"]),
     (APP + SERVER + "\n[loggers]\nkeys = zope_lb\n[logger_zope_lb]\nlevel = INFO\n",
      [": [formatters] is required with [loggers]",
       ": [handlers] is required with [loggers]",
-      ": [loggers] keys: must list root",
-      ": [logger_zope_lb] qualname: is required"]),
+      ":12: [loggers] keys: must list root",
+      ":13: [logger_zope_lb] qualname: is required"]),
 ]
 
 
@@ -267,7 +267,7 @@ def test_also_checks_more_app_and_server_pairs(tmp_path, capsys):
                           "thread = 2\n")
     status, _, err = check_main(capsys, ini, "--also", "admin")
     assert status == 1
-    assert err == f"zope-lb: {ini}: [server:admin] thread: not a waitress setting; " \
+    assert err == f"zope-lb: {ini}:53: [server:admin] thread: not a waitress setting; " \
                   "did you mean threads?\n"
 
 
@@ -302,7 +302,7 @@ def test_a_log_file_that_cannot_be_written_is_named_by_config_and_serve(tmp_path
     ini.write_text(GOOD.replace("class = StreamHandler\nargs = (sys.stderr,)",
                                 "class = handlers.RotatingFileHandler\n"
                                 "args = ('%(here)s/no/such/x.log', 'a', 1000000, 5)"))
-    expected = (f"zope-lb: {ini}: [handler_console] args: the log file's directory "
+    expected = (f"zope-lb: {ini}:39: [handler_console] args: the log file's directory "
                 f"{tmp_path}/no/such does not exist\n")
     for command, status in (("config", 1), ("serve", 2)):
         result = subprocess.run([console_script(), command, str(ini)], capture_output=True,

@@ -110,13 +110,20 @@ class IniReport:
     servers: list[ServerConf] = field(default_factory=list)
     loggers: list[str] = field(default_factory=list)
     logging_sections: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: (section, key) -> the line it is on; (section, "") -> the section's header line
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def add(self, message: str, section: str = "", key: str = "", line: int | None = None,
-            file: str = "") -> None:
+            file: str = "", at: str = "") -> None:
+        """A problem; its line is found from ``section`` and ``key`` (or ``at``,
+        the key a message names itself) where the caller does not know it."""
+        if line is None and not file and section:
+            line = self.lines.get((section, at or key)) or self.lines.get(
+                (section, (at or key).lower())) or self.lines.get((section, ""))
         # one problem, one line: a name or message may hold a continuation line
         message, section, key = (" ".join(text.splitlines()) for text in (message, section, key))
         problem = Problem(file or self.path, message, section, key, line)
@@ -142,6 +149,7 @@ def _check(report: IniReport, app_name: str, server_name: str | None,
     text = read_text(report)
     if text is None:
         return
+    report.lines = key_lines(text)
     parser = parse(report, text)
     if parser is None:
         return
@@ -220,6 +228,28 @@ def _parse_problems(report: IniReport, text: str, exc: configparser.Error) -> No
                        "an indented continuation", _section_at(text, lineno), line=lineno)
     else:
         report.add(str(exc).splitlines()[0])
+
+
+_HEADER = re.compile(r"\[([^]]+)\]")
+_KEY = re.compile(r"([^\s=:#;][^=:]*?)\s*[=:]")
+
+
+def key_lines(text: str) -> dict[tuple[str, str], int]:
+    """Where each section starts and each key is written (its first time), so a
+    problem found after parsing still names its line."""
+    found: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1).strip()
+            found.setdefault((section, ""), number)
+            continue
+        key = _KEY.match(line)
+        if key and section:
+            found.setdefault((section, key.group(1).strip()), number)
+            found.setdefault((section, key.group(1).strip().lower()), number)
+    return found
 
 
 def _section_at(text: str, lineno: int) -> str:
@@ -470,7 +500,7 @@ def check_options(report: IniReport, section: str, local_conf: Mapping[str, str]
     try:
         parse_settings(local_conf)
     except ConfigError as exc:
-        report.add(_config_message(exc), section)
+        report.add(_config_message(exc), section, at=exc.key)
         return False
     return True
 
@@ -483,10 +513,10 @@ def _convert(report: IniReport, section: str, key: str, value: str, convert: Any
         else:
             convert(value)
     except ConfigError as exc:
-        report.add(_config_message(exc), section)
+        report.add(_config_message(exc), section, at=key)
     except ValueError as exc:
         shown = "(not shown)" if secret else value
-        report.add(f"{key} {shown!r}: {exc}", section)
+        report.add(f"{key} {shown!r}: {exc}", section, at=key)
 
 
 def _config_message(exc: ConfigError) -> str:
