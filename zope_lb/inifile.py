@@ -15,11 +15,11 @@ so the three never disagree. Theory of operation:
    which resolves each ``use =`` (importing the factory, never calling it).
    Each zope_lb balancer's options are converted one by one, so every bad
    option is reported, then whole, then with the state file on top.
-4. A waitress ``[server:NAME]`` is checked with waitress's own
-   ``Adjustments``, key by key, plus what waitress lets through but cannot
-   work (``threads = 0``, a port above 65535).
+4. A waitress ``[server:NAME]`` is checked with waitress's own converters
+   (:mod:`zope_lb.servercheck`).
 5. ``[loggers]``/``[handlers]``/``[formatters]`` are checked the way
-   ``logging.config.fileConfig`` reads them, without opening any log file.
+   ``logging.config.fileConfig`` reads them, without opening any log file
+   (:mod:`zope_lb.logcheck`).
 
 Nothing here raises for a bad ini: every problem is a :class:`Problem` that
 names the file, the section and the key or line.
@@ -31,24 +31,16 @@ import configparser
 import contextlib
 import difflib
 import logging
-import logging.handlers  # so fileConfig's names resolve: handlers.RotatingFileHandler
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import state
 from .errors import ConfigError
-from .settings import (
-    OPTIONS,
-    POOL_FIELDS,
-    format_options,
-    format_value,
-    parse_backends,
-    parse_settings,
-)
+from .settings import OPTIONS, POOL_FIELDS, format_options, parse_backends, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +162,12 @@ def _check(report: IniReport, app_name: str, server_name: str | None,
             report.add(f"is part of itself: {' -> '.join(f'[{s}]' for s in loop)}", loop[-2])
             continue
         _walk(report, loader, APP, name, top=True)
+    from .logcheck import check_logging
+    from .servercheck import check_server
+
     for name in ([server_name] if server_name else []) + list(also):
-        _server(report, loader, SERVER, name)
-    _check_logging(report, text)
+        check_server(report, loader, SERVER, name)
+    check_logging(report, text)
 
 
 # -- text and parser -----------------------------------------------------------------
@@ -206,12 +201,12 @@ def parse(report: IniReport, text: str) -> configparser.ConfigParser | None:
     try:
         parser.read_string(text, source=report.path)
     except configparser.Error as exc:
-        _parse_problems(report, text, exc)
+        parse_problems(report, text, exc)
         return None
     return parser
 
 
-def _parse_problems(report: IniReport, text: str, exc: configparser.Error) -> None:
+def parse_problems(report: IniReport, text: str, exc: configparser.Error) -> None:
     if isinstance(exc, configparser.DuplicateOptionError):
         report.add("written twice in this section; keep one (the parser refuses both)",
                    exc.section, exc.option, exc.lineno)
@@ -302,7 +297,7 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
     if loader.absolute_name(name):
         section, use = name, name
     else:
-        found = _find_section(report, loader, object_type, name, top)
+        found = find_section(report, loader, object_type, name, top)
         if found is None:
             return
         section, use = found, loader.parser.get(found, "use", fallback="")
@@ -322,7 +317,7 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
         if names:
             _walk(report, loader, _app_type(), names[-1])
         return
-    context = _context(report, loader, object_type, name, section, use)
+    context = load_context(report, loader, object_type, name, section, use)
     if context is None:
         return
     if section.startswith("filter-app:"):
@@ -376,7 +371,7 @@ def _app_type() -> Any:
     return APP
 
 
-def _find_section(report: IniReport, loader: Any, object_type: Any, name: str,
+def find_section(report: IniReport, loader: Any, object_type: Any, name: str,
                   top: bool) -> str | None:
     try:
         return str(loader.find_config_section(object_type, name=name))
@@ -401,7 +396,7 @@ def _find_section(report: IniReport, loader: Any, object_type: Any, name: str,
         return None
 
 
-def _context(report: IniReport, loader: Any, object_type: Any, name: str, section: str,
+def load_context(report: IniReport, loader: Any, object_type: Any, name: str, section: str,
              use: str) -> Any:
     """PasteDeploy's context for one section (its factory loaded, never called)."""
     try:
@@ -532,239 +527,6 @@ def _did_you_mean(key: str) -> str:
     if close:
         return f"did you mean {close[0]}?"
     return "the options are listed in the README's options table"
-
-
-# -- servers -------------------------------------------------------------------------------
-
-
-def _server(report: IniReport, loader: Any, object_type: Any, name: str) -> None:
-    section = _find_section(report, loader, object_type, name, top=False)
-    if section is None:
-        return
-    use = loader.parser.get(section, "use", fallback="")
-    context = _context(report, loader, object_type, name, section, use)
-    if context is None:
-        return
-    local_conf = {str(k): str(v) for k, v in context.local_conf.items()}
-    server = ServerConf(section, use, local_conf)
-    report.servers.append(server)
-    try:
-        from waitress import serve_paste
-    except ImportError:  # pragma: no cover - waitress is a dependency
-        return
-    if getattr(context, "object", None) is serve_paste:
-        server.waitress = True
-        server.values = check_waitress(report, section, local_conf)
-
-
-def check_waitress(report: IniReport, section: str, local_conf: Mapping[str, str]
-                   ) -> dict[str, str]:
-    """waitress's own checks (``Adjustments``), key by key and then together, plus
-    the values it accepts but cannot serve with; the converted values."""
-    from waitress.adjustments import Adjustments
-
-    known = [name for name, _ in Adjustments._params]
-    before = len(report.problems)
-    values: dict[str, str] = {}
-    for key, value in local_conf.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, 1)
-            hint = f"did you mean {close[0]}?" if close else (
-                "see waitress's documentation (Arguments to waitress.serve)")
-            report.add(f"not a waitress setting; {hint}", section, key)
-            continue
-        convert = Adjustments._param_map[key]
-        try:
-            if convert is int and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
-                raise ValueError("must be a whole number (ASCII digits)")
-            converted = convert(value)
-            if key == "listen":  # parsed (and resolved) by the constructor only
-                Adjustments(listen=value)
-        except Exception as exc:  # waitress raises ValueError, or worse for odd text
-            report.add(f"{value!r}: {exc}", section, key)
-            continue
-        problem = _unservable(key, value, converted)
-        if problem:
-            report.add(problem, section, key)
-            continue
-        values[key] = (" ".join(value.split()) if key in ("listen", "host", "sockets")
-                       else _server_value(converted))
-    if len(report.problems) == before:
-        try:
-            Adjustments(**dict(local_conf))
-        except Exception as exc:
-            report.add(f"{exc}", section, next(iter(local_conf), ""))
-    return values
-
-
-def _server_value(value: object) -> str:
-    """A converted waitress setting as ini text."""
-    if isinstance(value, (set, frozenset, list, tuple)):
-        return " ".join(sorted(str(item) for item in value))
-    return format_value(value)
-
-
-def _unservable(key: str, value: str, converted: Any) -> str:
-    """What waitress accepts but cannot serve with (issue: threads = 0 starts a
-    server that answers nothing; a port over 65535 silently wraps around)."""
-    if key == "threads" and converted < 1:
-        return f"{value!r}: must be 1 or more (waitress would answer no request)"
-    ports: list[str] = []
-    if key == "port":
-        ports = [value.strip()]
-    elif key == "listen":
-        for item in value.split():
-            host_part, sep, port = item.rpartition(":")
-            if sep and "]" not in port and port:
-                ports.append(port)
-    for port in ports:
-        if not port.isascii() or not port.isdigit() or int(port) > 65535:
-            return f"{value!r}: port {port!r} must be a number from 0 to 65535"
-    return ""
-
-
-# -- logging ---------------------------------------------------------------------------------
-
-
-def _check_logging(report: IniReport, text: str) -> None:
-    """``[loggers]`` and what it names, read as ``logging.config.fileConfig`` reads
-    it (its own parser, keys in lower case); classes are resolved and ``args``
-    evaluated, but no handler is created, so no log file is opened."""
-    parser = configparser.ConfigParser({"__file__": report.path,
-                                        "here": os.path.dirname(report.path)})
-    try:
-        parser.read_string(text, source=report.path)
-    except configparser.Error as exc:
-        _parse_problems(report, text, exc)
-        return
-    if not parser.has_section("loggers"):
-        return
-    report.logging_sections = {
-        s: dict(parser.items(s, raw=True)) for s in parser.sections()
-        if s in ("loggers", "handlers", "formatters")
-        or s.startswith(("logger_", "handler_", "formatter_"))}
-    formatters = _keys(report, parser, "formatters")
-    handlers = _keys(report, parser, "handlers")
-    loggers = _keys(report, parser, "loggers")
-    report.loggers = loggers
-    for name in formatters:
-        _check_formatter(report, parser, f"formatter_{name}")
-    for name in handlers:
-        _check_handler(report, parser, f"handler_{name}", formatters)
-    if loggers and "root" not in loggers:
-        report.add("must list root (and may list more)", "loggers", "keys")
-    for name in loggers:
-        section = f"logger_{name}"
-        if not _has(report, parser, section, "loggers"):
-            continue
-        _check_level(report, parser, section)
-        if name != "root" and not parser.get(section, "qualname", raw=True, fallback=""):
-            report.add("is required: the logger's name, e.g. qualname = zope_lb",
-                       section, "qualname")
-        for handler in _names(parser.get(section, "handlers", raw=True, fallback="")):
-            if handler not in handlers:
-                report.add(f"{handler!r} is not in [handlers] keys", section, "handlers")
-
-
-def _keys(report: IniReport, parser: configparser.ConfigParser, section: str) -> list[str]:
-    if not parser.has_section(section):
-        report.add("is required with [loggers] (keys = ...)", section)
-        return []
-    return _names(parser.get(section, "keys", raw=True, fallback=""))
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _has(report: IniReport, parser: configparser.ConfigParser, section: str,
-         listed_in: str) -> bool:
-    if parser.has_section(section):
-        return True
-    report.add(f"is missing: [{listed_in}] keys names it", section)
-    return False
-
-
-def _check_level(report: IniReport, parser: configparser.ConfigParser, section: str) -> None:
-    level = parser.get(section, "level", raw=True, fallback="NOTSET")
-    if not isinstance(logging.getLevelName(level), int):
-        report.add(f"{level!r}: must be DEBUG, INFO, WARNING, ERROR, CRITICAL or NOTSET",
-                   section, "level")
-
-
-def _check_formatter(report: IniReport, parser: configparser.ConfigParser,
-                     section: str) -> None:
-    if not _has(report, parser, section, "formatters"):
-        return
-    fmt = parser.get(section, "format", raw=True, fallback=None)
-    style = parser.get(section, "style", raw=True, fallback="%")
-    if style not in ("%", "{", "$"):
-        report.add(f"{style!r}: must be %, {{ or $", section, "style")
-        return
-    try:
-        logging.Formatter(fmt, parser.get(section, "datefmt", raw=True, fallback=None),
-                          style)  # type: ignore[arg-type]
-    except (ValueError, TypeError, KeyError) as exc:
-        report.add(f"{fmt!r}: {exc}", section, "format")
-
-
-def _check_handler(report: IniReport, parser: configparser.ConfigParser, section: str,
-                   formatters: Iterable[str]) -> None:
-    if not _has(report, parser, section, "handlers"):
-        return
-    names = vars(logging)
-    resolved: Any = None
-    klass = parser.get(section, "class", raw=True, fallback="")
-    if not klass:
-        report.add("is required, e.g. class = StreamHandler", section, "class")
-    else:
-        try:
-            resolved = eval(klass, names)  # as fileConfig does
-        except Exception:
-            resolved = None
-        if not isinstance(resolved, type) or not issubclass(resolved, logging.Handler):
-            report.add(f"{klass!r} is not a logging handler class (e.g. StreamHandler, "
-                       "handlers.RotatingFileHandler)", section, "class")
-    given: dict[str, Any] = {}
-    for key, kind in (("args", tuple), ("kwargs", dict)):
-        try:
-            value = parser.get(section, key, fallback="()" if key == "args" else "{}")
-        except (configparser.Error, ValueError) as exc:
-            report.add(interpolation_message(exc), section, key)
-            continue
-        try:
-            evaluated = eval(value, names)  # as fileConfig does
-        except Exception as exc:
-            report.add(f"{value!r} is not a Python {kind.__name__}: {exc}", section, key)
-            continue
-        if not isinstance(evaluated, kind):
-            report.add(f"{value!r} must be a {kind.__name__}, e.g. "
-                       + ("(sys.stderr,)" if kind is tuple else "{}"), section, key)
-            continue
-        given[key] = evaluated
-    if isinstance(resolved, type) and issubclass(resolved, logging.FileHandler):
-        args, kwargs = given.get("args", ()), given.get("kwargs", {})
-        filename = args[0] if args else kwargs.get("filename")
-        if isinstance(filename, (str, os.PathLike)):
-            problem = _unwritable(os.path.abspath(os.fspath(filename)))
-            if problem:
-                report.add(problem, section, "args" if args else "kwargs")
-    if parser.has_option(section, "level"):
-        _check_level(report, parser, section)
-    formatter = parser.get(section, "formatter", raw=True, fallback="")
-    if formatter and formatter not in formatters:
-        report.add(f"{formatter!r} is not in [formatters] keys", section, "formatter")
-
-
-def _unwritable(path: str) -> str:
-    """Why a log file cannot be written there, or '' (checked without opening it)."""
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        return f"the log file's directory {directory} does not exist"
-    if os.path.exists(path):
-        return "" if os.access(path, os.W_OK) else f"the log file {path} is not writable"
-    return "" if os.access(directory, os.W_OK | os.X_OK) else (
-        f"the log file cannot be created: {directory} is not writable")
 
 
 # -- printing ----------------------------------------------------------------------------------
