@@ -6,6 +6,8 @@ from .app import LoadBalancer
 from .errors import ConfigError, UpstreamError
 from .settings import BackendSpec, Settings, parse_settings
 
+__version__ = "0.1.0"
+
 __all__ = [
     "BackendSpec",
     "ConfigError",

@@ -23,41 +23,90 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def setup_logging(ini_path: str) -> None:
+def setup_logging(ini_path: str) -> str | None:
     """Logging from the ini's ``[loggers]`` sections (as pserve does), else INFO
-    to stderr. waitress's per-queued-request warning is quieted either way."""
+    to stderr. waitress's per-queued-request warning is quieted either way.
+
+    Returns the problem, in one line, when the sections cannot be used (INFO to
+    stderr is set up instead): never a traceback for a broken ``[handler_*]``."""
+    problem = None
     parser = configparser.ConfigParser()
-    parser.read(ini_path)
-    if parser.has_section("loggers"):
-        here = os.path.dirname(ini_path)
-        logging.config.fileConfig(
-            ini_path, {"__file__": ini_path, "here": here}, disable_existing_loggers=False
-        )
-    else:
+    try:
+        parser.read(ini_path, encoding="utf-8")
+        if parser.has_section("loggers"):
+            here = os.path.dirname(ini_path)
+            logging.config.fileConfig(
+                ini_path, {"__file__": ini_path, "here": here}, disable_existing_loggers=False,
+                encoding="utf-8",
+            )
+    except Exception as exc:  # fileConfig raises whatever the sections make it raise
+        problem = f"{ini_path}: [loggers] logging cannot be set up: {type(exc).__name__}: {exc}"
+        parser = configparser.ConfigParser()
+    if not parser.has_section("loggers"):
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"
         )
     queue_logger = logging.getLogger("waitress.queue")
     if queue_logger.level == logging.NOTSET:
         queue_logger.setLevel(logging.ERROR)
+    return problem
+
+
+def start_up(ini_path: str, app_name: str, server_name: str, also: Sequence[str] = ()
+             ) -> list[str]:
+    """``serve``'s first step: the ini checked as ``zope-lb config`` checks it, then
+    logging set up from it. The lines to print (serve then exits 2), or none."""
+    from .inifile import check_ini, collected
+
+    with collected([]):  # serve logs these warnings again once logging is set up
+        report = check_ini(ini_path, app_name, server_name, also)
+    if not report.ok:
+        return [f"zope-lb: {problem}" for problem in report.problems]
+    problem = setup_logging(ini_path)
+    return [f"zope-lb: {problem}"] if problem else []
+
+
+def config(args: argparse.Namespace) -> int:
+    """``zope-lb config INI``: check it as ``serve`` would (like ``nginx -t``); print
+    the configuration that would run and exit 0, or one line per problem and exit 1."""
+    from .inifile import check_ini, collected, format_report
+
+    records: list[logging.LogRecord] = []
+    with collected(records):
+        report = check_ini(args.ini, args.app_name, args.server_name, args.also)
+    if not report.ok:
+        for problem in report.problems:
+            print(f"zope-lb: {problem}", file=sys.stderr)
+        return 1
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    lines = [format_report(report)]
+    lines += [f"# warning: {w}" for w in dict.fromkeys(warnings)]  # each once
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `zope-lb config x.ini | head` ends quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
     from paste.deploy import loadapp, loadserver
 
-    from .state import reload_on_sighup
+    from .reload import reload_on_sighup
 
     ini_path = os.path.abspath(args.ini)
     if not os.path.isfile(ini_path):
         print(f"zope-lb: no such file: {args.ini}", file=sys.stderr)
         return 2
-    setup_logging(ini_path)
     try:
         # Before the app exists: a thread inherits its CPU set when it starts,
         # and the balancer starts its health checker while loading.
         cpu = confine(parse_cpu(args.cpu))
     except ConfigError as exc:
         print(f"zope-lb: {exc}", file=sys.stderr)
+        return 2
+    problems = start_up(ini_path, args.app_name, args.server_name, args.also)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 2
     if cpu is not None:
         log.info("zope-lb runs on CPU core %d (--cpu all lets it float)", cpu)
@@ -79,7 +128,7 @@ def serve(args: argparse.Namespace) -> int:
     for name, extra_app, extra_server in also:
         threading.Thread(target=_serve_also, args=(name, extra_server, extra_app, failed),
                          name=f"zope-lb-{name}", daemon=True).start()
-    stop_reloading = reload_on_sighup(app, uri, args.app_name)
+    stop_reloading = reload_on_sighup(app, uri, args.app_name, server_name=args.server_name)
     try:
         server(app)
     except OSError as exc:
@@ -114,10 +163,23 @@ def demo(args: argparse.Namespace) -> int:
     return demo_module.run(args)
 
 
+def version() -> str:
+    """This zope_lb's version, from the installed package's metadata."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("zope_lb")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zope-lb", description="A load balancer for Zope and Plone clusters."
     )
+    parser.add_argument("--version", action="version", version=f"zope-lb {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("serve", help="serve the balancer of an ini file with waitress")
@@ -132,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU core to run on: auto (one of those allowed, the default; "
                         "Python threads spread over cores cost 2-3x the CPU), all, or N")
     p.set_defaults(func=serve)
+
+    p = commands.add_parser("config", help="check an ini as serve would and print the "
+                                           "configuration that would run (like nginx -t)")
+    p.add_argument("ini", help="PasteDeploy ini file, e.g. production.ini")
+    p.add_argument("--app-name", default="main", help="[app:NAME] to check (default main)")
+    p.add_argument("--server-name", default="main",
+                   help="[server:NAME] to check (default main)")
+    p.add_argument("--also", action="append", default=[], metavar="NAME",
+                   help="also check [app:NAME] and [server:NAME], as serve --also NAME")
+    p.set_defaults(func=config)
 
     from . import demo as demo_module
 

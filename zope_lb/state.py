@@ -38,7 +38,7 @@ one wins, whole. An invalid file stops start-up (:class:`StateFileError`,
 naming the file and the problem); at run time an invalid file is logged and
 the running configuration stays.
 
-``zope-lb serve`` re-reads the ini on SIGHUP (:func:`reload_on_sighup`): the
+``zope-lb serve`` re-reads the ini on SIGHUP (:mod:`zope_lb.reload`): the
 new ini becomes the defaults, the state file goes on top, and the result is
 applied in place like an admin edit (removed backends drain, requests in
 flight finish). gunicorn handles SIGHUP itself, by starting new workers.
@@ -50,7 +50,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import stat
 import tempfile
 import threading
@@ -598,65 +597,3 @@ class StateFile:
             self.balancer.on_apply.remove(self._applied)
         if getattr(self.balancer, "state_file", None) is self:
             self.balancer.state_file = None
-
-
-# -- SIGHUP: the ini read again ---------------------------------------------------------
-
-
-def reload_on_sighup(app: object, uri: str, app_name: str) -> Callable[[], None]:
-    """Re-read the ini's ``[app:NAME]`` on SIGHUP; returns what stops that.
-
-    The handler only sets an event and a thread of its own does the work: a
-    Python signal handler runs in the main thread between two bytecodes, maybe
-    while that thread holds a lock the reload needs too (logging's, a pool's),
-    which would deadlock. The thread also keeps the server's loop free.
-    """
-    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
-        return lambda: None  # Windows, or called from a test thread
-    wake = threading.Event()
-    stopping = threading.Event()
-
-    def work() -> None:
-        while True:
-            wake.wait()
-            wake.clear()
-            if stopping.is_set():
-                return
-            reread_ini(app, uri, app_name)
-
-    thread = threading.Thread(target=work, daemon=True, name="zope-lb-sighup")
-    thread.start()
-    previous = signal.signal(signal.SIGHUP, lambda signum, frame: wake.set())
-
-    def stop() -> None:
-        if previous is not None:
-            signal.signal(signal.SIGHUP, previous)
-        stopping.set()
-        wake.set()
-        thread.join(10)
-
-    return stop
-
-
-def reread_ini(app: object, uri: str, app_name: str) -> None:
-    """Apply the ini again, in place (the state file's overrides on top); a bad ini
-    is logged and the running configuration stays."""
-    from paste.deploy import appconfig
-
-    apply = getattr(app, "apply", None)
-    if apply is None:
-        log.error("SIGHUP: %s: only an [app:%s] with use = egg:zope_lb can be re-read",
-                  uri, app_name)
-        return
-    try:
-        local_conf = dict(appconfig(uri, name=app_name).local_conf)
-        state = getattr(app, "state_file", None)
-        settings = (state.reload_ini(local_conf) if state is not None
-                    else apply(local_conf, replace=True))
-    except ConfigError as exc:
-        log.error("SIGHUP: %s not applied, the running configuration stays: %s", uri, exc)
-    except (LookupError, OSError, ValueError) as exc:
-        log.error("SIGHUP: cannot re-read %s, the running configuration stays: %s", uri, exc)
-    else:
-        log.info("SIGHUP: re-read %s: %d backends, strategy %s", uri,
-                 len(settings.backends), settings.strategy)
