@@ -156,7 +156,7 @@ BAD = [
      [":6: [app:main] timeout_conect: unknown option; did you mean timeout.connect?"]),
     (APP + "timeout.read = soon\nmaxconn = -1\nstrategy = fastest\n" + SERVER,
      [":6: [app:main] timeout.read 'soon': must be a duration",
-      ":7: [app:main] maxconn '-1': must be 0 or more",
+      ":7: [app:main] maxconn '-1': must be a whole number from 0 to 10000",
       ":8: [app:main] strategy 'fastest': unknown strategy"]),
     (APP.replace("127.0.0.1:8082", "http://127.0.0.1:8082") + SERVER,
      [":3: [app:main] backends line 2 'http://127.0.0.1:8082': drop the 'http://' prefix"]),
