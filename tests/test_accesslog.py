@@ -365,3 +365,14 @@ def test_a_failing_wrapped_app_still_gets_its_line(backend, access):
     assert (failed["status"], failed["end"], failed["pool"]) == ("500", "error", "-")
     assert failed["request"].startswith("GET /site/page ")
     assert proxied["end"] == "answered"
+
+
+def test_a_refused_request_has_its_line(backend, access):
+    """A request refused before forwarding (here a path climbing above the
+    root) is in the access log too, with the path it asked for."""
+    balancer = LoadBalancer([backend.address], health_interval=0)
+    app = TestApp(balancer)
+    app.get("/a/%2e%2e/%2e%2e/acl_users", status=400)
+    (line,) = access()
+    assert (line["status"], line["end"], line["backend"]) == ("400", "bad_request", "-")
+    assert line["request"] == "GET /a/../../acl_users HTTP/1.0"
