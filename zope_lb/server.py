@@ -1,0 +1,422 @@
+"""The waitress server of ``zope-lb serve`` (and of ``[server:main] use =
+egg:zope_lb#server`` under pserve), set up the way a balancer in production needs.
+
+What it changes from a plain ``egg:waitress#main``, each overridable by the same
+key in ``[server:NAME]``:
+
+- ``clear_untrusted_proxy_headers = false``: waitress would delete every
+  ``X-Forwarded-*`` header before the balancer sees it; zope_lb itself decides,
+  by ``forwarded.trusted``, which to believe.
+- ``connection_limit`` from the file descriptors the process may open (the soft
+  ``RLIMIT_NOFILE`` raised to the hard one), with ``poll()`` instead of
+  ``select()`` once descriptors can pass ``FD_SETSIZE``.
+- ``outbuf_high_watermark``: the answer of a slow reader is spooled (memory,
+  then a temp file) up to this bound, so its thread and backend slot are free
+  as soon as the backend has sent everything.
+- ``max_request_body_size``: a saner cap on spooled uploads than waitress's 1 GB.
+
+Theory of operation. Deadlines are checked in waitress's maintenance pass (once
+a second, in the loop thread), never per byte: ``timeout.request`` closes a
+connection whose request head is not complete that long after its first byte
+(or after the previous answer, on a kept-alive connection); ``timeout.client``
+cuts a connection whose pending output has not moved for that long. Cutting
+closes the socket at once (a stalled socket is never writable, so waitress's
+``will_close`` flag would never be acted on) and wakes the worker thread
+blocked in ``write_soon``, which then closes the answer's iterable: the backend
+slot is released.
+
+A stop signal only bumps a counter: the loop is woken through
+``signal.set_wakeup_fd``, so no lock is taken in a signal handler. The first
+SIGTERM/SIGINT closes the listening sockets (a new connection is refused at
+once), closes idle connections, stops reading new requests and lets the
+requests in flight finish, up to ``shutdown.timeout``; a second signal cuts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+
+from .errors import ConfigError
+from .settings import Settings
+
+try:
+    import resource
+except ImportError:  # pragma: no cover (Windows)
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: Above this many connections the loop, which walks every connection on each
+#: pass, costs more than the connections are worth; set connection_limit to go past.
+CONNECTION_CEILING = 10_000
+#: Descriptors kept for other things than client connections (backends, logs,
+#: the state file, imports), plus this many per worker thread.
+RESERVED_FDS = 100
+RESERVED_PER_THREAD = 4
+#: select() cannot watch a descriptor numbered this or more.
+FD_SETSIZE = 1024
+#: Bytes of one answer spooled for a slow reader before its thread waits.
+OUTBUF_HIGH_WATERMARK = 64 * 1024 * 1024
+#: Bytes of one request body spooled before the app sees it (waitress: 1 GB).
+MAX_REQUEST_BODY_SIZE = 256 * 1024 * 1024
+
+TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+               b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest Timeout\n")
+
+
+# -- pure: what waitress is told --------------------------------------------------
+
+
+def connection_limit(nofile: int, threads: int) -> int:
+    """Client connections the process can hold with ``nofile`` descriptors: each
+    may also spool its answer to a temp file, so two descriptors each."""
+    spare = nofile - RESERVED_FDS - RESERVED_PER_THREAD * threads
+    return max(100, min(CONNECTION_CEILING, spare // 2))
+
+
+def waitress_options(ini: Mapping[str, Any], nofile: int) -> dict[str, Any]:
+    """The waitress adjustments of ``zope-lb serve``: our defaults, then the
+    ``[server:NAME]`` values (``ini``), which always win."""
+    threads = int(ini.get("threads", Adjustments.threads))
+    limit = connection_limit(nofile, threads)
+    options: dict[str, Any] = {
+        "clear_untrusted_proxy_headers": False,
+        "connection_limit": limit,
+        # descriptors can pass FD_SETSIZE, which select() cannot watch
+        "asyncore_use_poll": limit + RESERVED_FDS + RESERVED_PER_THREAD * threads
+                             >= FD_SETSIZE,
+        "outbuf_high_watermark": OUTBUF_HIGH_WATERMARK,
+        "max_request_body_size": MAX_REQUEST_BODY_SIZE,
+        "cleanup_interval": 1,  # the deadlines are checked in the maintenance pass
+    }
+    options.update({k: v for k, v in ini.items() if not k.startswith("_")})
+    return options
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    request: float = 10.0
+    client: float = 60.0
+    shutdown: float = 30.0
+
+
+def overdue(channel: Any, now: float, deadlines: Deadlines) -> str | None:
+    """Which deadline ``channel`` broke at ``now``: ``"client"`` (its answer did not
+    move for ``timeout.client``), ``"request"`` (its request head took longer than
+    ``timeout.request``), or None."""
+    if channel.total_outbufs_len and now - channel.last_activity > deadlines.client:
+        return "client"
+    if channel.requests:
+        return None  # the app works on it; the backend's own timeouts apply
+    started = channel.head_started
+    if started is None and channel.request is None and channel.served:
+        started = channel.last_activity  # kept alive: from the end of the last answer
+    if started is not None and now - started > deadlines.request:
+        return "request"
+    return None
+
+
+def in_flight(channel: Any) -> bool:
+    """Whether a stop must wait for ``channel``: a request is being answered or
+    its body is arriving, or an answer is still being sent."""
+    request = channel.request
+    return bool(channel.requests or channel.total_outbufs_len
+                or (request is not None and request.headers_finished))
+
+
+# -- the waitress pieces --------------------------------------------------------------
+
+
+class Channel(HTTPChannel):
+    """A waitress channel that knows when its current request head began."""
+
+    head_started: float | None = None  # time.time() of the head's first byte
+    served = 0  # requests completely received on this connection
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self.head_started = time.time()
+        before = len(self.requests)
+        result = super().received(data)
+        self.served += max(0, len(self.requests) - before)
+        request = self.request
+        if request is None or request.headers_finished:
+            self.head_started = None
+        return bool(result)
+
+    def readable(self) -> bool:
+        if self.server.draining:  # only a body already on its way is read
+            request = self.request
+            if request is None or not request.headers_finished:
+                return False
+        return bool(super().readable())
+
+    def cut(self, reason: str) -> None:
+        """Close now; a worker blocked writing to this channel wakes up."""
+        if reason == "request" and self.request is not None:
+            with contextlib.suppress(OSError):
+                self.socket.send(TIMEOUT_408)
+        self.handle_close()
+
+
+class Listener(TcpWSGIServer):
+    """A waitress TCP server whose maintenance pass also enforces the deadlines."""
+
+    channel_class = Channel
+    draining = False
+
+    def __init__(self, *args: Any, deadlines: Callable[[], Deadlines], **kw: Any):
+        self.deadlines = deadlines
+        super().__init__(*args, **kw)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        deadlines = self.deadlines()
+        late = [(channel, reason) for channel in self.active_channels.values()
+                if (reason := overdue(channel, now, deadlines))]
+        for channel, reason in late:  # not while iterating: closing edits the dict
+            log.info("closed connection from %s: %s", _peer(channel),
+                     "it read nothing of its answer for timeout.client"
+                     if reason == "client" else
+                     "its request head took longer than timeout.request")
+            channel.cut(reason)
+
+
+def _peer(channel: Any) -> str:
+    addr = channel.addr
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+class _Wakeup(wasyncore.dispatcher):
+    """The read end of ``signal.set_wakeup_fd``: a signal wakes the loop at once."""
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        try:
+            while self.socket.recv(512):
+                pass
+        except OSError:
+            pass
+
+
+# -- running ---------------------------------------------------------------------
+
+
+def raise_nofile() -> int:
+    """Raise the soft descriptor limit to the hard one; return what we may open."""
+    if resource is None:  # pragma: no cover
+        return FD_SETSIZE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def deadlines_of(app: Any) -> Callable[[], Deadlines]:
+    """Read the deadlines from the balancer's current settings (a reload changes them)."""
+    top = app
+    while top is not None and not isinstance(getattr(top, "settings", None), Settings):
+        top = getattr(top, "app", None) or getattr(top, "application", None)
+
+    def current() -> Deadlines:
+        settings = getattr(top, "settings", None) if top is not None else None
+        if not isinstance(settings, Settings):
+            return Deadlines()
+        return Deadlines(settings.timeout_request, settings.timeout_client,
+                         settings.shutdown_timeout)
+
+    return current
+
+
+class Server:
+    """``zope-lb serve``'s server: waitress listeners, their workers, and a stop
+    that drains. ``run()`` returns the exit status."""
+
+    def __init__(self, app: Any, options: Mapping[str, Any], *,
+                 deadlines: Callable[[], Deadlines] | None = None):
+        self.app = app
+        self.adj = Adjustments(**options)
+        self.deadlines = deadlines or deadlines_of(app)
+        self.map: dict[int, Any] = {}
+        self.signals = 0
+        self.dispatcher = ThreadedTaskDispatcher()
+        self.dispatcher.set_thread_count(self.adj.threads)
+        self.listeners: list[Listener] = []
+        try:
+            for sockinfo in self.adj.listen:
+                self.listeners.append(Listener(app, self.map, dispatcher=self.dispatcher,
+                                               adj=self.adj, sockinfo=sockinfo,
+                                               deadlines=self.deadlines))
+            for sock in self.adj.sockets:
+                sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+                self.listeners.append(Listener(app, self.map, _sock=sock,
+                                               dispatcher=self.dispatcher, adj=self.adj,
+                                               sockinfo=sockinfo, bind_socket=False,
+                                               deadlines=self.deadlines))
+        except BaseException:
+            self._close_all()
+            raise
+        if not self.listeners:
+            self._close_all()
+            raise ConfigError("listen", None, "zope-lb serve needs a TCP address to listen on")
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"http://[{s.effective_host}]:{s.effective_port}"
+                if ":" in str(s.effective_host) else
+                f"http://{s.effective_host}:{s.effective_port}" for s in self.listeners]
+
+    def describe(self) -> str:
+        """The start-up line: where it listens, threads, limits and deadlines."""
+        d = self.deadlines()
+        adj = self.adj
+        return (f"zope-lb serves on {', '.join(self.addresses)}: threads {adj.threads}, "
+                f"connection limit {adj.connection_limit} "
+                f"({'poll' if adj.asyncore_use_poll else 'select'}), "
+                f"timeout.request {d.request:g} s, timeout.client {d.client:g} s, "
+                f"shutdown.timeout {d.shutdown:g} s, "
+                f"upload limit {adj.max_request_body_size // (1024 * 1024)} MB, "
+                f"answers spooled up to {adj.outbuf_high_watermark // (1024 * 1024)} MB "
+                f"per connection")
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT, then drain; returns 0."""
+        log.info("%s", self.describe())
+        restore = self._catch_signals()
+        try:
+            while not self.signals:
+                self._poll(self.adj.asyncore_loop_timeout)
+            self.drain()
+        finally:
+            restore()
+            self._close_all()
+        return 0
+
+    def _poll(self, timeout: float) -> None:
+        wasyncore.loop(timeout=timeout, map=self.map, use_poll=self.adj.asyncore_use_poll,
+                       count=1)
+
+    def _catch_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # signals go to the main thread only
+
+        def stop(signum: int, frame: Any) -> None:
+            self.signals += 1  # nothing else here: no lock may be taken in a handler
+
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        _Wakeup(reader, map=self.map)
+        previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        previous = {signum: signal.signal(signum, stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_fd)
+            writer.close()
+
+        return restore
+
+    def drain(self) -> None:
+        """Stop accepting, close idle connections, wait for the requests in flight
+        up to ``shutdown.timeout`` (or a second signal), then cut the rest."""
+        for listener in self.listeners:
+            listener.draining = True
+            listener.accepting = False
+            wasyncore.dispatcher.close(listener)  # not listener.close(): the trigger stays
+        timeout = self.deadlines().shutdown
+        busy = self._close_idle()
+        log.info("stopping: no new connections; waiting up to %g s (shutdown.timeout) "
+                 "for %d request(s) in flight", timeout, len(busy))
+        started = time.monotonic()
+        deadline = started + timeout
+        while busy and self.signals < 2 and time.monotonic() < deadline:
+            self._poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            busy = self._close_idle()
+        if busy:
+            why = ("a second stop signal" if self.signals >= 2
+                   else f"shutdown.timeout ({timeout:g} s)")
+            log.warning("stopped after %s: cut %d request(s) still in flight", why, len(busy))
+            for channel in busy:
+                channel.handle_close()
+        else:
+            log.info("stopped: every request finished (%.1f s)", time.monotonic() - started)
+
+    def _close_idle(self) -> list[Channel]:
+        channels = [c for s in self.listeners for c in list(s.active_channels.values())]
+        busy = []
+        for channel in channels:
+            if in_flight(channel):
+                busy.append(channel)
+            else:
+                channel.handle_close()
+        return busy
+
+    def _close_all(self) -> None:
+        self.dispatcher.shutdown(cancel_pending=True, timeout=1)
+        wasyncore.close_all(self.map)  # listeners, their triggers, connections
+
+
+def serve(app: Any, ini: Mapping[str, Any]) -> int:
+    """Serve ``app`` with the ``[server:NAME]`` values ``ini``; the exit status."""
+    return Server(app, waitress_options(ini, raise_nofile())).run()
+
+
+def serve_paste(app: Any, global_conf: Mapping[str, str], **local_conf: str) -> int:
+    """``[server:main] use = egg:zope_lb#server``: pserve runs the same server."""
+    logging.basicConfig()  # as waitress's runner does; idempotent
+    return serve(app, local_conf)
+
+
+def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
+    """The runner of ``[server:NAME]`` in ``uri``: for waitress (or ours), the
+    server above with the section's values; for any other server, its own runner."""
+    from paste.deploy import loadserver
+    from paste.deploy.loadwsgi import SERVER, loadcontext
+
+    context = loadcontext(SERVER, uri, name=name)
+    target = getattr(context, "object", None)
+    import waitress
+
+    if target not in (waitress.serve_paste, serve_paste):
+        log.warning("[server:%s] is not waitress: the deadlines, the connection limit "
+                    "and the graceful stop of zope-lb serve do not apply", name)
+        runner = loadserver(uri, name=name)
+
+        def other(app: Any) -> int:
+            runner(app)
+            return 0
+
+        return other
+    ini = dict(context.local_conf)
+    try:
+        Adjustments(**waitress_options(ini, FD_SETSIZE))  # a typo fails before the app runs
+    except ValueError as exc:
+        raise ConfigError(f"[server:{name}]", None, str(exc)) from None
+    return lambda app: serve(app, ini)
