@@ -388,23 +388,30 @@ def serve(app: Any, ini: Mapping[str, Any]) -> int:
     return Server(app, waitress_options(ini, raise_nofile())).run()
 
 
-def serve_paste(app: Any, global_conf: Mapping[str, str], **local_conf: str) -> int:
-    """``[server:main] use = egg:zope_lb#server``: pserve runs the same server."""
-    logging.basicConfig()  # as waitress's runner does; idempotent
-    return serve(app, local_conf)
+def server_factory(global_conf: Mapping[str, str], **local_conf: str) -> Callable[[Any], int]:
+    """``[server:main] use = egg:zope_lb#server`` (or ``call:zope_lb.server:server_factory``):
+    pserve runs the same server as ``zope-lb serve``, drain and deadlines included."""
+    check_options(local_conf, "main")
+    return lambda app: serve(app, local_conf)
+
+
+def check_options(ini: Mapping[str, Any], name: str) -> None:
+    """A typo or a bad value in ``[server:NAME]`` fails before the app runs."""
+    try:
+        Adjustments(**waitress_options(ini, FD_SETSIZE))
+    except ValueError as exc:
+        raise ConfigError(f"[server:{name}]", None, str(exc)) from None
 
 
 def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
     """The runner of ``[server:NAME]`` in ``uri``: for waitress (or ours), the
     server above with the section's values; for any other server, its own runner."""
+    import waitress
     from paste.deploy import loadserver
     from paste.deploy.loadwsgi import SERVER, loadcontext
 
     context = loadcontext(SERVER, uri, name=name)
-    target = getattr(context, "object", None)
-    import waitress
-
-    if target not in (waitress.serve_paste, serve_paste):
+    if getattr(context, "object", None) not in (waitress.serve_paste, server_factory):
         log.warning("[server:%s] is not waitress: the deadlines, the connection limit "
                     "and the graceful stop of zope-lb serve do not apply", name)
         runner = loadserver(uri, name=name)
@@ -415,8 +422,5 @@ def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
 
         return other
     ini = dict(context.local_conf)
-    try:
-        Adjustments(**waitress_options(ini, FD_SETSIZE))  # a typo fails before the app runs
-    except ValueError as exc:
-        raise ConfigError(f"[server:{name}]", None, str(exc)) from None
+    check_options(ini, name)
     return lambda app: serve(app, ini)
