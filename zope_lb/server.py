@@ -70,7 +70,7 @@ RESERVED_PER_THREAD = 4
 #: select() cannot watch a descriptor numbered this or more.
 FD_SETSIZE = 1024
 #: Bytes of one answer spooled for a slow reader before its thread waits.
-OUTBUF_HIGH_WATERMARK = 64 * 1024 * 1024
+OUTBUF_HIGH_WATERMARK = 32 * 1024 * 1024
 #: Bytes of one request body spooled before the app sees it (waitress: 1 GB).
 MAX_REQUEST_BODY_SIZE = 256 * 1024 * 1024
 
@@ -118,8 +118,8 @@ def overdue(channel: Any, now: float, deadlines: Deadlines) -> str | None:
     """Which deadline ``channel`` broke at ``now``: ``"client"`` (its answer did not
     move for ``timeout.client``), ``"request"`` (its request head took longer than
     ``timeout.request``), or None."""
-    if channel.total_outbufs_len and now - channel.last_activity > deadlines.client:
-        return "client"
+    if channel.total_outbufs_len:  # an answer is on its way: only the reader counts
+        return "client" if now - channel.last_activity > deadlines.client else None
     if channel.requests:
         return None  # the app works on it; the backend's own timeouts apply
     started = channel.head_started
