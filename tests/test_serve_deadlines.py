@@ -62,7 +62,8 @@ def test_a_request_head_sent_too_slowly_gets_408_and_is_closed(serve_process, ba
     assert 0.9 < time.monotonic() - started < 4
     # nothing reached the backend (its health probes ask for /)
     assert not [r for r in backend.app.echo.requests if r["path"] == "/echo"]
-    assert lb.wait_for_log("request head took longer than timeout.request", timeout=2)
+    assert lb.wait_for_log(r"closed 1 connection\(s\) whose request head took longer than "
+                           r"timeout.request \(1 s\)", timeout=2)
     assert get(lb.port)[0] == 200
 
 
@@ -94,7 +95,8 @@ def test_a_client_that_stops_reading_is_cut_and_frees_the_backend(serve_process,
     took = time.monotonic() - started
     assert status == 200
     assert 1.5 < took < 2 + 5
-    assert lb.wait_for_log("read nothing of its answer for timeout.client", timeout=2)
+    assert lb.wait_for_log(r"closed 1 connection\(s\) whose client read nothing of its "
+                           r"answer for timeout.client \(2 s\)", timeout=2)
     stalled.close()
 
 

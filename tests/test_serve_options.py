@@ -67,7 +67,7 @@ def test_the_new_options_have_their_defaults_and_rules():
 
 def channel(**fields):
     base = dict(total_outbufs_len=0, last_activity=1000.0, requests=[], request=None,
-                head_started=None, served=0)
+                head_started=None, served=False)
     return SimpleNamespace(**{**base, **fields})
 
 
@@ -81,8 +81,8 @@ BODY = SimpleNamespace(headers_finished=True)
     (dict(request=HEAD, head_started=1000.0), 1010.5, "request"),
     (dict(request=HEAD, head_started=1000.0), 1009.5, None),
     # a kept-alive connection: from the end of its previous answer
-    (dict(served=1), 1010.5, "request"),
-    (dict(served=1), 1009.5, None),
+    (dict(served=True), 1010.5, "request"),
+    (dict(served=True), 1009.5, None),
     # a new connection that sent nothing yet: waitress's channel_timeout, not ours
     (dict(), 5000.0, None),
     # a body on its way: the head deadline is over
@@ -92,7 +92,7 @@ BODY = SimpleNamespace(headers_finished=True)
     # an answer the client does not take
     (dict(total_outbufs_len=5, requests=[object()]), 1060.5, "client"),
     (dict(total_outbufs_len=5, requests=[object()]), 1059.5, None),
-    (dict(total_outbufs_len=5, served=1), 1030.0, None),  # not "request" while sending
+    (dict(total_outbufs_len=5, served=True), 1030.0, None),  # not "request" while sending
 ])
 def test_overdue(fields, now, expected):
     assert overdue(channel(**fields), now, DEADLINES) == expected
@@ -100,7 +100,7 @@ def test_overdue(fields, now, expected):
 
 @pytest.mark.parametrize(("fields", "expected"), [
     (dict(), False),
-    (dict(served=3), False),
+    (dict(served=True), False),
     (dict(request=HEAD), False),  # half a head is not a request yet
     (dict(request=BODY), True),
     (dict(requests=[object()]), True),

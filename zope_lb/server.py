@@ -67,6 +67,8 @@ CONNECTION_CEILING = 10_000
 #: the state file, imports), plus this many per worker thread.
 RESERVED_FDS = 100
 RESERVED_PER_THREAD = 4
+#: Connections accepted in one pass of the loop.
+ACCEPT_BATCH = 64
 #: select() cannot watch a descriptor numbered this or more.
 FD_SETSIZE = 1024
 #: Bytes of one answer spooled for a slow reader before its thread waits.
@@ -145,25 +147,25 @@ class Channel(HTTPChannel):
     """A waitress channel that knows when its current request head began."""
 
     head_started: float | None = None  # time.time() of the head's first byte
-    served = 0  # requests completely received on this connection
+    served = False  # a request head was received whole: idle now means kept alive
 
     def received(self, data: bytes) -> bool:
         if self.request is None:
             self.head_started = time.time()
-        before = len(self.requests)
         result = super().received(data)
-        self.served += max(0, len(self.requests) - before)
         request = self.request
         if request is None or request.headers_finished:
             self.head_started = None
+            self.served = True
         return bool(result)
 
-    def readable(self) -> bool:
-        if self.server.draining:  # only a body already on its way is read
-            request = self.request
-            if request is None or not request.headers_finished:
-                return False
-        return bool(super().readable())
+    def readable_while_draining(self) -> bool:
+        """Stopping: read only a request body already on its way, no new request.
+        (Set as the instance's ``readable`` at the stop: no cost before it.)"""
+        request = self.request
+        if request is None or not request.headers_finished:
+            return False
+        return bool(HTTPChannel.readable(self))
 
     def cut(self, reason: str) -> None:
         """Close now; a worker blocked writing to this channel wakes up."""
@@ -177,23 +179,55 @@ class Listener(TcpWSGIServer):
     """A waitress TCP server whose maintenance pass also enforces the deadlines."""
 
     channel_class = Channel
-    draining = False
 
     def __init__(self, *args: Any, deadlines: Callable[[], Deadlines], **kw: Any):
         self.deadlines = deadlines
         super().__init__(*args, **kw)
 
+    def handle_accept(self) -> None:
+        """Accept up to ``ACCEPT_BATCH`` connections a pass, not one: with
+        thousands of connections open a pass is slow, and a flood of new ones
+        would wait in the backlog (then in SYN retries) behind it."""
+        for _ in range(ACCEPT_BATCH):
+            before = len(self._map)
+            if before >= self.adj.connection_limit:
+                return
+            super().handle_accept()
+            if len(self._map) == before:  # nothing more to accept now
+                return
+
+    late: list[tuple[Channel, str]] = []
+
     def maintenance(self, now: float) -> None:
+        """Find the connections past a deadline; ``cut_late`` closes them after
+        the loop's pass (closing one now, while the pass gathers descriptors
+        for select(), would hand it a closed one)."""
         super().maintenance(now)
         deadlines = self.deadlines()
-        late = [(channel, reason) for channel in self.active_channels.values()
-                if (reason := overdue(channel, now, deadlines))]
-        for channel, reason in late:  # not while iterating: closing edits the dict
-            log.info("closed connection from %s: %s", _peer(channel),
-                     "it read nothing of its answer for timeout.client"
-                     if reason == "client" else
-                     "its request head took longer than timeout.request")
+        self.late = [(channel, reason) for channel in self.active_channels.values()
+                     if (reason := overdue(channel, now, deadlines))]
+
+    def cut_late(self) -> None:
+        """Close the connections ``maintenance`` found; one log line per deadline
+        and pass (at most one a second), never one per connection: an attack
+        would flood the log."""
+        late, self.late = self.late, []
+        cut: dict[str, list[Channel]] = {}
+        for channel, reason in late:
+            if channel.socket is None:
+                continue  # closed meanwhile
             channel.cut(reason)
+            cut.setdefault(reason, []).append(channel)
+        deadlines = self.deadlines()
+        for reason, channels in cut.items():
+            if reason == "client":
+                log.info("closed %d connection(s) whose client read nothing of its answer "
+                         "for timeout.client (%g s), e.g. from %s", len(channels),
+                         deadlines.client, _peer(channels[0]))
+            else:
+                log.info("closed %d connection(s) whose request head took longer than "
+                         "timeout.request (%g s), e.g. from %s", len(channels),
+                         deadlines.request, _peer(channels[0]))
 
 
 def _peer(channel: Any) -> str:
@@ -294,9 +328,9 @@ class Server:
         """The start-up line: where it listens, threads, limits and deadlines."""
         d = self.deadlines()
         adj = self.adj
+        loop = "poll() once descriptors pass 1024" if adj.asyncore_use_poll else "select()"
         return (f"zope-lb serves on {', '.join(self.addresses)}: threads {adj.threads}, "
-                f"connection limit {adj.connection_limit} "
-                f"({'poll' if adj.asyncore_use_poll else 'select'}), "
+                f"connection limit {adj.connection_limit} ({loop}), "
                 f"timeout.request {d.request:g} s, timeout.client {d.client:g} s, "
                 f"shutdown.timeout {d.shutdown:g} s, "
                 f"upload limit {adj.max_request_body_size // (1024 * 1024)} MB, "
@@ -317,8 +351,14 @@ class Server:
         return 0
 
     def _poll(self, timeout: float) -> None:
-        wasyncore.loop(timeout=timeout, map=self.map, use_poll=self.adj.asyncore_use_poll,
-                       count=1)
+        # poll() costs 7-10 us a request more than select() in wasyncore: use it
+        # only while a descriptor is past what select() can watch
+        use_poll = self.adj.asyncore_use_poll and (len(self.map) > 256
+                                                   or max(self.map) >= FD_SETSIZE)
+        wasyncore.loop(timeout=timeout, map=self.map, use_poll=use_poll, count=1)
+        for listener in self.listeners:
+            if listener.late:
+                listener.cut_late()
 
     def _catch_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -347,9 +387,10 @@ class Server:
         """Stop accepting, close idle connections, wait for the requests in flight
         up to ``shutdown.timeout`` (or a second signal), then cut the rest."""
         for listener in self.listeners:
-            listener.draining = True
             listener.accepting = False
             wasyncore.dispatcher.close(listener)  # not listener.close(): the trigger stays
+        for channel in self._channels():
+            channel.readable = channel.readable_while_draining  # type: ignore[method-assign]
         timeout = self.deadlines().shutdown
         busy = self._close_idle()
         log.info("stopping: no new connections; waiting up to %g s (shutdown.timeout) "
@@ -368,10 +409,12 @@ class Server:
         else:
             log.info("stopped: every request finished (%.1f s)", time.monotonic() - started)
 
+    def _channels(self) -> list[Channel]:
+        return [c for s in self.listeners for c in list(s.active_channels.values())]
+
     def _close_idle(self) -> list[Channel]:
-        channels = [c for s in self.listeners for c in list(s.active_channels.values())]
         busy = []
-        for channel in channels:
+        for channel in self._channels():
             if in_flight(channel):
                 busy.append(channel)
             else:
