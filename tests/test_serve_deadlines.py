@@ -6,6 +6,7 @@ free at once."""
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import time
 
@@ -128,3 +129,29 @@ def test_an_answer_a_slow_reader_has_not_taken_is_spooled(serve_process, backend
             break
     stalled.close()
     assert received >= 30_000_000
+
+
+def test_a_reload_changes_the_deadlines_of_the_running_server(serve_process, backend):
+    """The deadlines are [app:main] options read on each maintenance pass: a
+    SIGHUP with a new timeout.request applies without a restart."""
+    lb = serve_process([backend.address])  # timeout.request 10 s
+    ini = lb.ini_path
+    with open(ini) as f:
+        text = f.read()
+    with open(ini, "w") as f:
+        f.write(text.replace("[app:main]\n", "[app:main]\ntimeout.request = 1\n", 1))
+    lb.send(signal.SIGHUP)
+    time.sleep(0.5)  # the reload runs in a thread of its own; bounded retries below
+
+    def slow_head_is_cut():
+        sock = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
+        try:
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+            closed, data = closed_within(sock, 3)
+            return closed and data.startswith(b"HTTP/1.1 408 ")
+        finally:
+            sock.close()
+
+    assert any(slow_head_is_cut() for _ in range(3))
+    assert lb.running()
+    assert get(lb.port)[0] == 200

@@ -440,6 +440,10 @@ def server_factory(global_conf: Mapping[str, str], **local_conf: str) -> Callabl
 
 def check_options(ini: Mapping[str, Any], name: str) -> None:
     """A typo or a bad value in ``[server:NAME]`` fails before the app runs."""
+    if ini.get("unix_socket"):
+        raise ConfigError(f"[server:{name}] unix_socket", ini["unix_socket"],
+                          "zope-lb serve listens on TCP only; use listen = 127.0.0.1:PORT "
+                          "(nginx proxies to it as well)")
     try:
         Adjustments(**waitress_options(ini, FD_SETSIZE))
     except ValueError as exc:
