@@ -184,6 +184,15 @@ class Listener(TcpWSGIServer):
         self.deadlines = deadlines
         super().__init__(*args, **kw)
 
+    selecting = False  # the loop uses select() now: no descriptor may pass FD_SETSIZE
+    past_select = False  # a connection was accepted that select() cannot watch
+
+    def accept(self) -> tuple[socket.socket, Any] | None:
+        pair = super().accept()
+        if pair is not None and self.selecting and pair[0].fileno() >= FD_SETSIZE:
+            self.past_select = True
+        return pair
+
     def handle_accept(self) -> None:
         """Accept up to ``ACCEPT_BATCH`` connections a pass, not one: with
         thousands of connections open a pass is slow, and a flood of new ones
@@ -195,30 +204,30 @@ class Listener(TcpWSGIServer):
             super().handle_accept()
             if len(self._map) == before:  # nothing more to accept now
                 return
-
-    late: list[tuple[Channel, str]] = []
+            if self.past_select:
+                self.past_select = False
+                raise wasyncore.ExitNow("switch to poll()")  # Server.run loops again
 
     def maintenance(self, now: float) -> None:
-        """Find the connections past a deadline; ``cut_late`` closes them after
-        the loop's pass (closing one now, while the pass gathers descriptors
-        for select(), would hand it a closed one)."""
+        """Cut the connections past a deadline. Through the trigger, so it happens
+        in this pass's event handling: closing one now, while the pass gathers
+        descriptors, would hand select() a closed one."""
         super().maintenance(now)
         deadlines = self.deadlines()
-        self.late = [(channel, reason) for channel in self.active_channels.values()
-                     if (reason := overdue(channel, now, deadlines))]
+        late = [(channel, reason) for channel in self.active_channels.values()
+                if (reason := overdue(channel, now, deadlines))]
+        if late:
+            self.trigger.pull_trigger(lambda: self.cut(late, deadlines))
 
-    def cut_late(self) -> None:
-        """Close the connections ``maintenance`` found; one log line per deadline
-        and pass (at most one a second), never one per connection: an attack
-        would flood the log."""
-        late, self.late = self.late, []
+    def cut(self, late: list[tuple[Channel, str]], deadlines: Deadlines) -> None:
+        """Close ``late``; one log line per deadline and pass (at most one a
+        second), never one per connection: an attack would flood the log."""
         cut: dict[str, list[Channel]] = {}
         for channel, reason in late:
             if channel.socket is None:
                 continue  # closed meanwhile
             channel.cut(reason)
             cut.setdefault(reason, []).append(channel)
-        deadlines = self.deadlines()
         for reason, channels in cut.items():
             if reason == "client":
                 log.info("closed %d connection(s) whose client read nothing of its answer "
@@ -236,7 +245,12 @@ def _peer(channel: Any) -> str:
 
 
 class _Wakeup(wasyncore.dispatcher):
-    """The read end of ``signal.set_wakeup_fd``: a signal wakes the loop at once."""
+    """The read end of ``signal.set_wakeup_fd``: a signal wakes the loop at once,
+    and a stop signal ends the loop's pass (ExitNow is re-raised by wasyncore)."""
+
+    def __init__(self, sock: socket.socket, server: Server):
+        super().__init__(sock, map=server.map)
+        self.server = server
 
     def readable(self) -> bool:
         return True
@@ -245,11 +259,11 @@ class _Wakeup(wasyncore.dispatcher):
         return False
 
     def handle_read(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             while self.socket.recv(512):
                 pass
-        except OSError:
-            pass
+        if self.server.signals:
+            raise wasyncore.ExitNow("stop signal")
 
 
 # -- running ---------------------------------------------------------------------
@@ -343,22 +357,22 @@ class Server:
         restore = self._catch_signals()
         try:
             while not self.signals:
-                self._poll(self.adj.asyncore_loop_timeout)
+                self._loop(self.adj.asyncore_loop_timeout, passes=1_000_000)
             self.drain()
         finally:
             restore()
             self._close_all()
         return 0
 
-    def _poll(self, timeout: float) -> None:
-        # poll() costs 7-10 us a request more than select() in wasyncore: use it
-        # only while a descriptor is past what select() can watch
-        use_poll = self.adj.asyncore_use_poll and (len(self.map) > 256
-                                                   or max(self.map) >= FD_SETSIZE)
-        wasyncore.loop(timeout=timeout, map=self.map, use_poll=use_poll, count=1)
+    def _loop(self, timeout: float, passes: int) -> None:
+        """Run the loop until ``passes`` passes, a stop signal or a descriptor
+        select() cannot watch. poll() costs 7-10 us a request more than select()
+        in wasyncore: it is used only while a descriptor is past FD_SETSIZE."""
+        use_poll = self.adj.asyncore_use_poll and max(self.map) >= FD_SETSIZE
         for listener in self.listeners:
-            if listener.late:
-                listener.cut_late()
+            listener.selecting = not use_poll
+        with contextlib.suppress(wasyncore.ExitNow):
+            wasyncore.loop(timeout=timeout, map=self.map, use_poll=use_poll, count=passes)
 
     def _catch_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -370,7 +384,7 @@ class Server:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
-        _Wakeup(reader, map=self.map)
+        _Wakeup(reader, self)
         previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         previous = {signum: signal.signal(signum, stop)
                     for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -398,7 +412,7 @@ class Server:
         started = time.monotonic()
         deadline = started + timeout
         while busy and self.signals < 2 and time.monotonic() < deadline:
-            self._poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._loop(min(0.1, max(0.0, deadline - time.monotonic())), passes=1)
             busy = self._close_idle()
         if busy:
             why = ("a second stop signal" if self.signals >= 2
