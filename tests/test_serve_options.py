@@ -116,3 +116,20 @@ def test_a_misspelt_server_setting_names_the_section(tmp_path):
                    "conection_limit = 5\n")
     with pytest.raises(ConfigError, match=r"\[server:main\].*conection_limit"):
         load_server(f"config:{ini}")
+
+
+def test_egg_zope_lb_server_is_the_server_factory():
+    """``[server:main] use = egg:zope_lb#server`` (the entry point setup.cfg
+    declares; an installed zope_lb registers it)."""
+    import configparser
+    from pathlib import Path
+
+    from paste.deploy.loadwsgi import lookup_object
+
+    from zope_lb.server import server_factory
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parent.parent / "setup.cfg")
+    lines = setup["options.entry_points"]["paste.server_factory"].split("\n")
+    entries = dict(line.replace(" ", "").split("=") for line in lines if line.strip())
+    assert lookup_object(entries["server"]) is server_factory

@@ -449,7 +449,16 @@ def server_factory(global_conf: Mapping[str, str], **local_conf: str) -> Callabl
     """``[server:main] use = egg:zope_lb#server`` (or ``call:zope_lb.server:server_factory``):
     pserve runs the same server as ``zope-lb serve``, drain and deadlines included."""
     check_options(local_conf, "main")
-    return lambda app: serve(app, local_conf)
+
+    def run(app: Any) -> int:
+        try:
+            return serve(app, local_conf)
+        finally:  # pserve does not close the app: pools and health checker
+            close = getattr(app, "close", None)
+            if close is not None:
+                close()
+
+    return run
 
 
 def check_options(ini: Mapping[str, Any], name: str) -> None:
