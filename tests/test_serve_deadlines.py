@@ -81,6 +81,20 @@ def test_a_kept_alive_connection_gets_timeout_request_after_its_answer(
     conn.close()
 
 
+def test_a_request_body_that_stops_coming_is_cut(serve_process, backend):
+    lb = serve_process([backend.address], app="timeout.client = 1")
+    sock = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+    started = time.monotonic()
+    closed, data = closed_within(sock, 4)
+    sock.close()
+    assert closed and data == b""
+    assert 0.9 < time.monotonic() - started < 3.5
+    assert lb.wait_for_log(r"closed 1 connection\(s\) whose client sent nothing of its "
+                           r"request body for timeout.client \(1 s\)", timeout=2)
+    assert not [r for r in backend.app.echo.requests if r["path"] == "/echo"]
+
+
 def test_a_client_that_stops_reading_is_cut_and_frees_the_backend(serve_process, backend):
     """One backend slot (maxconn 1): a client takes an answer far over the spool
     bound and reads nothing; after timeout.client it is cut and the next GET

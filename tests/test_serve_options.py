@@ -85,8 +85,9 @@ BODY = SimpleNamespace(headers_finished=True)
     (dict(served=True), 1009.5, None),
     # a new connection that sent nothing yet: waitress's channel_timeout, not ours
     (dict(), 5000.0, None),
-    # a body on its way: the head deadline is over
-    (dict(request=BODY), 5000.0, None),
+    # a body on its way: the head deadline is over, timeout.client counts
+    (dict(request=BODY, head_started=None), 1059.5, None),
+    (dict(request=BODY, head_started=None), 1060.5, "body"),
     # the app works on a request: the backend's timeouts apply
     (dict(requests=[object()], head_started=None), 5000.0, None),
     # an answer the client does not take

@@ -118,12 +118,16 @@ class Deadlines:
 
 def overdue(channel: Any, now: float, deadlines: Deadlines) -> str | None:
     """Which deadline ``channel`` broke at ``now``: ``"client"`` (its answer did not
-    move for ``timeout.client``), ``"request"`` (its request head took longer than
+    move for ``timeout.client``), ``"body"`` (no byte of its request body came for
+    ``timeout.client``), ``"request"`` (its request head took longer than
     ``timeout.request``), or None."""
     if channel.total_outbufs_len:  # an answer is on its way: only the reader counts
         return "client" if now - channel.last_activity > deadlines.client else None
     if channel.requests:
         return None  # the app works on it; the backend's own timeouts apply
+    request = channel.request
+    if request is not None and request.headers_finished:  # its body is on its way
+        return "body" if now - channel.last_activity > deadlines.client else None
     started = channel.head_started
     if started is None and channel.request is None and channel.served:
         started = channel.last_activity  # kept alive: from the end of the last answer
@@ -232,6 +236,10 @@ class Listener(TcpWSGIServer):
             if reason == "client":
                 log.info("closed %d connection(s) whose client read nothing of its answer "
                          "for timeout.client (%g s), e.g. from %s", len(channels),
+                         deadlines.client, _peer(channels[0]))
+            elif reason == "body":
+                log.info("closed %d connection(s) whose client sent nothing of its request "
+                         "body for timeout.client (%g s), e.g. from %s", len(channels),
                          deadlines.client, _peer(channels[0]))
             else:
                 log.info("closed %d connection(s) whose request head took longer than "

@@ -520,8 +520,9 @@ OPTIONS: tuple[Option, ...] = (
            "kept-alive connection); then the connection is closed (408).", "10"),
     # HAProxy's `timeout client`: a reader that stalls frees its thread and backend slot.
     Option("timeout.client", as_duration, 60.0,
-           "`zope-lb serve`: seconds a client may accept no bytes of its answer; then "
-           "the connection is cut and its thread and backend slot are freed.", "60"),
+           "`zope-lb serve`: seconds a client may accept no bytes of its answer (or send "
+           "none of its request body); then the connection is cut and its thread and "
+           "backend slot are freed.", "60"),
     Option("shutdown.timeout", as_duration, 30.0,
            "`zope-lb serve`: on SIGTERM/SIGINT, seconds requests in flight may take to "
            "finish before they are cut (a second signal cuts at once).", "30"),
