@@ -19,14 +19,18 @@ Theory of operation. Deadlines are checked in waitress's maintenance pass (once
 a second, in the loop thread), never per byte: ``timeout.request`` closes a
 connection whose request head is not complete that long after its first byte
 (or after the previous answer, on a kept-alive connection); ``timeout.client``
-cuts a connection whose pending output has not moved for that long. Cutting
-closes the socket at once (a stalled socket is never writable, so waitress's
-``will_close`` flag would never be acted on) and wakes the worker thread
+cuts a connection whose pending output has not moved for that long, or whose
+request body stopped coming. Cutting closes the socket at once (a stalled
+socket is never writable, so waitress's ``will_close`` flag would never be
+acted on) and wakes the worker thread
 blocked in ``write_soon``, which then closes the answer's iterable: the backend
 slot is released.
 
-A stop signal only bumps a counter: the loop is woken through
-``signal.set_wakeup_fd``, so no lock is taken in a signal handler. The first
+waitress's loop runs as it would alone (no per-pass cost of ours); it leaves
+its pass by ``ExitNow`` for a stop signal, or to switch from ``select()`` to
+``poll()`` when an accepted descriptor passes ``FD_SETSIZE``. A stop signal
+only bumps a counter: the loop is woken through ``signal.set_wakeup_fd``, so no
+lock is taken in a signal handler. The first
 SIGTERM/SIGINT closes the listening sockets (a new connection is refused at
 once), closes idle connections, stops reading new requests and lets the
 requests in flight finish, up to ``shutdown.timeout``; a second signal cuts them.
@@ -295,7 +299,9 @@ def raise_nofile() -> int:
 def deadlines_of(app: Any) -> Callable[[], Deadlines]:
     """Read the deadlines from the balancer's current settings (a reload changes them)."""
     top = app
-    while top is not None and not isinstance(getattr(top, "settings", None), Settings):
+    for _ in range(10):  # down through filters, bounded
+        if top is None or isinstance(getattr(top, "settings", None), Settings):
+            break
         top = getattr(top, "app", None) or getattr(top, "application", None)
 
     def current() -> Deadlines:
