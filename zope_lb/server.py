@@ -22,9 +22,8 @@ connection whose request head is not complete that long after its first byte
 cuts a connection whose pending output has not moved for that long, or whose
 request body stopped coming. Cutting closes the socket at once (a stalled
 socket is never writable, so waitress's ``will_close`` flag would never be
-acted on) and wakes the worker thread
-blocked in ``write_soon``, which then closes the answer's iterable: the backend
-slot is released.
+acted on) and wakes the worker thread blocked in ``write_soon``, which then
+closes the answer's iterable: the backend slot is released.
 
 waitress's loop runs as it would alone (no per-pass cost of ours); it leaves
 its pass by ``ExitNow`` for a stop signal, or to switch from ``select()`` to
