@@ -92,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
     from paste.deploy import loadapp, loadserver
 
     from .reload import reload_on_sighup
+    from .server import load_server
 
     ini_path = os.path.abspath(args.ini)
     if not os.path.isfile(ini_path):
@@ -113,7 +114,7 @@ def serve(args: argparse.Namespace) -> int:
     uri = f"config:{ini_path}"
     try:
         app = loadapp(uri, name=args.app_name)
-        server = loadserver(uri, name=args.server_name)
+        server = load_server(uri, args.server_name)  # waitress, drained on SIGTERM/SIGINT
         # more [app:NAME] + [server:NAME] pairs in this process: the admin
         # (egg:zope_lb#admin) on a port of its own reaches the balancer here
         also = [(name, loadapp(uri, name=name), loadserver(uri, name=name))
@@ -130,12 +131,12 @@ def serve(args: argparse.Namespace) -> int:
                          name=f"zope-lb-{name}", daemon=True).start()
     stop_reloading = reload_on_sighup(app, uri, args.app_name, server_name=args.server_name)
     try:
-        server(app)
+        status = server(app)
     except OSError as exc:
         print(f"zope-lb: cannot listen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        pass
+        status = 0
     finally:
         stop_reloading()
         close = getattr(app, "close", None)
@@ -144,7 +145,7 @@ def serve(args: argparse.Namespace) -> int:
     if failed:
         print(f"zope-lb: {failed[0]}", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 def _serve_also(name: str, server: Any, app: Any, failed: list[str]) -> None:

@@ -613,6 +613,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout.read", as_duration, 300.0,
            "Seconds to wait for a backend to answer (and between body chunks); "
            "then 504.", "300"),
+    # HAProxy's `timeout http-request`: slowloris holds no connection longer than this.
+    Option("timeout.request", as_duration, 10.0,
+           "`zope-lb serve`: seconds a client may take to send its request line and "
+           "headers (from its first byte, or from the end of the previous answer on a "
+           "kept-alive connection); then the connection is closed (408).", "10"),
+    # HAProxy's `timeout client`: a reader that stalls frees its thread and backend slot.
+    Option("timeout.client", as_duration, 60.0,
+           "`zope-lb serve`: seconds a client may accept no bytes of its answer (or send "
+           "none of its request body); then the connection is cut and its thread and "
+           "backend slot are freed.", "60"),
+    Option("shutdown.timeout", as_duration, 30.0,
+           "`zope-lb serve`: on SIGTERM/SIGINT, seconds requests in flight may take to "
+           "finish before they are cut (a second signal cuts at once).", "30"),
     Option("retries", as_retries, 2,
            "How many more backends a request may try after a failure that is safe "
            "to retry (0-100)."),
@@ -771,6 +784,9 @@ class Settings:
     maxconn: int = 4
     timeout_connect: float = 5.0
     timeout_read: float = 300.0
+    timeout_request: float = 10.0
+    timeout_client: float = 60.0
+    shutdown_timeout: float = 30.0
     retries: int = 2
     preserve_host: bool = True
     forwarded_trusted: tuple[Network, ...] = ()
