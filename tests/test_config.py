@@ -164,6 +164,11 @@ BAD = [
      [":10: [server:main] thread: not a waitress setting; did you mean threads?"]),
     (APP + SERVER + "threads = 0\n",
      [":10: [server:main] threads: '0': must be 1 or more"]),
+    # pserve's runner, egg:zope_lb#server, is waitress too: the same checks
+    (APP + SERVER.replace("egg:waitress#main", "egg:zope_lb#server") + "threads = 0\n",
+     [":10: [server:main] threads: '0': must be 1 or more"]),
+    (APP + SERVER.replace("egg:waitress#main", "egg:zope_lb#server") + "thread = 4\n",
+     [":10: [server:main] thread: not a waitress setting; did you mean threads?"]),
     (APP + SERVER.replace("127.0.0.1:6543", "nonsense"),
      [":9: [server:main] listen: 'nonsense': Invalid host/port specified."]),
     (APP + SERVER.replace("127.0.0.1:6543", "127.0.0.1:99999"),

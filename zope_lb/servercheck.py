@@ -34,7 +34,9 @@ def check_server(report: IniReport, loader: Any, object_type: Any, name: str) ->
         from waitress import serve_paste
     except ImportError:  # pragma: no cover - waitress is a dependency
         return
-    if getattr(context, "object", None) is serve_paste:
+    from .server import server_factory  # egg:zope_lb#server: waitress, with our defaults
+
+    if getattr(context, "object", None) in (serve_paste, server_factory):
         server.waitress = True
         server.values = check_waitress(report, section, local_conf)
 
