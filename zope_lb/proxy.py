@@ -48,7 +48,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from .backend import REUSE, Backend
+from .backend import Backend
 from .errors import (
     BackendConnectError,
     BackendDisconnected,
@@ -70,6 +70,7 @@ from .pool import BackendPool
 from .routing import Rule, cookie_value, has_cookie, matches_all
 from .settings import Settings
 from .strategies import Strategy
+from .upstream import HeadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ def translated(exc: BaseException, backend: Backend, timeout_read: float) -> Ups
     if isinstance(exc, ConnectTimeoutError):
         return BackendConnectError("connect timed out", where)
     if isinstance(exc, ReadTimeoutError):
+        if isinstance(exc.__cause__, HeadTimeout):
+            return BackendTimeout(f"status line and headers not complete within "
+                                  f"{timeout_read:g} s", where)
         return BackendTimeout(f"no answer within {timeout_read:g} s", where)
     if isinstance(exc, ProtocolError):
         broken = exc.args[1] if len(exc.args) > 1 else exc.__cause__
@@ -429,8 +433,6 @@ class Proxy:
               chunked: bool) -> tuple[Any, bytes, Callable[[], None] | None]:
         """Send the request; return the response, its first body chunk, and what
         to call when it is closed."""
-        # skip urllib3's liveness poll for a request we would send again anyway
-        REUSE.retriable = method in IDEMPOTENT and body is None
         try:
             response = self._urlopen(backend.pool, backend, method, target, headers,
                                      body, chunked)
