@@ -271,13 +271,19 @@ class StrictResponse(http.client.HTTPResponse):
         size = used
         wait_free = used == 0
         while True:
-            if not wait_free and raw.received == fp.tell() and deadline is not None:
+            if wait_free or raw.received > fp.tell() or deadline is None:
+                data = fp.peek(HEAD_LIMIT)  # the first wait, or none
+            else:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HeadTimeout("the status line and headers did not arrive in time")
-                self._sock.settimeout(left)
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    self._sock.settimeout(left)
+                    data = fp.peek(HEAD_LIMIT)
+                except TimeoutError as exc:
+                    raise HeadTimeout("the status line and headers did not arrive "
+                                      "in time") from exc
             wait_free = False
-            data = fp.peek(HEAD_LIMIT)
             if not data:
                 if size:
                     raise HeadError("the backend closed the connection in the middle of "
