@@ -48,7 +48,8 @@ _FIELD_VALUE = r"[\t\x20-\x7e\x80-\xff]*"
 # the second SP is tolerated, as nginx and HAProxy do.
 _STATUS_LINE = re.compile(r"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: (" + _FIELD_VALUE + r"))?\r\n")
 _FIELD_BLOCK = re.compile(r"(?:" + _TOKEN + ":" + _FIELD_VALUE + r"\r\n)*").fullmatch
-_FIELDS = re.compile(r"(" + _TOKEN + r"):[\t ]*([^\r]*?)[\t ]*\r\n").findall
+# on a block _FIELD_BLOCK passed (trailing white space is taken off after)
+_FIELDS = re.compile(r"([^:\r]+):[\t ]*([^\r]*)\r\n").findall
 _LENGTH = re.compile(r"[0-9]{1,18}").fullmatch
 _BARE_LF = re.compile(rb"(?<!\r)\n").search
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?\r\n").fullmatch
@@ -89,6 +90,8 @@ def parse_head(head: bytes, method: str | None = None) -> Head:
     if not text.endswith("\r\n") or not _FIELD_BLOCK(block):
         raise HeadError(_field_fault(block))
     fields = _FIELDS(block)
+    if " \r\n" in block or "\t\r\n" in block:  # rare: trailing white space
+        fields = [(name, value.rstrip(" \t")) for name, value in fields]
     if len(fields) > MAX_FIELDS:
         raise HeadError(f"more than {MAX_FIELDS} header fields")
     version = 10 if match.group(1) == "0" else 11
