@@ -16,6 +16,7 @@ are counted by the pool, which owns the lock that makes them atomic.
 from __future__ import annotations
 
 import enum
+import http.client
 import logging
 import re
 import select
@@ -24,8 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from urllib3 import HTTPConnectionPool, Timeout
+import urllib3
+from urllib3 import HTTPConnectionPool, HTTPHeaderDict, Timeout
 from urllib3.connection import HTTPConnection
+from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
 
 from .settings import BackendSpec, Settings
@@ -61,6 +64,38 @@ class KeptAliveConnection(HTTPConnection):
                        method: str | None = None, url: str | None = None) -> StrictResponse:
         """http.client builds each answer through this: ours, knowing its connection."""
         return StrictResponse(sock, debuglevel, method, url, connection=self)
+
+    def getresponse(self) -> BaseHTTPResponse:  # type: ignore[override]
+        """urllib3's ``getresponse`` without its second look at the headers.
+
+        urllib3 checks the parsed headers for defects and rewrites obs-folded
+        values (about 10 µs for a dozen headers); StrictResponse has refused
+        both already, so its fields go straight into the HTTPHeaderDict. The
+        rest is urllib3 2.x's own method (``_response_options`` is urllib3's,
+        see ``tests/test_connection.py``, which holds the two to the same result).
+        """
+        options = self._response_options
+        if options is None:
+            raise http.client.ResponseNotReady()
+        self._response_options = None
+        self.sock.settimeout(self.timeout)
+        shutdown = getattr(self.sock, "shutdown", None)
+        raw = http.client.HTTPConnection.getresponse(self)
+        return urllib3.HTTPResponse(
+            body=raw,
+            headers=HTTPHeaderDict(raw.msg._headers),  # type: ignore[attr-defined]
+            status=raw.status,
+            version=raw.version,
+            version_string=getattr(self, "_http_vsn_str", "HTTP/?"),
+            reason=raw.reason,
+            preload_content=options.preload_content,
+            decode_content=options.decode_content,
+            original_response=raw,
+            enforce_content_length=options.enforce_content_length,
+            request_method=options.request_method,
+            request_url=options.request_url,
+            sock_shutdown=shutdown,
+        )
 
     @property
     def is_connected(self) -> bool:
