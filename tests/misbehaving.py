@@ -73,6 +73,7 @@ MODES: dict[str, Callable[[str, str], bytes]] = {
     "te-unknown": lambda t, m: _chunked(t, "").replace(b": chunked", b": gzip, chunked"),
     "bad-status-line": lambda t, m: answer(t).replace(b"HTTP/1.1 200 OK", b"HTTP/1.1 OK 200"),
     "switching-protocols": lambda t, m: b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    "bad-chunk-size": lambda t, m: _chunked(t, "").replace(b"\r\n\r\n", b"\r\n\r\n+", 1),
 }
 #: the client still gets exactly its own answer
 OWN_ANSWER = ("clean", "early-hints", "processing", "body-after-204", "body-after-304",
@@ -81,7 +82,7 @@ OWN_ANSWER = ("clean", "early-hints", "processing", "body-after-204", "body-afte
 #: the client gets a 502 from zope_lb
 REFUSED = ("bare-cr", "nul", "obs-fold", "space-before-colon", "differing-lengths",
            "bad-length", "te-identity", "te-unknown", "bad-status-line",
-           "switching-protocols")
+           "switching-protocols", "bad-chunk-size")
 
 
 class MisbehavingBackend:

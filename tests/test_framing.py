@@ -192,7 +192,10 @@ def test_every_client_gets_its_own_answer(served):
     outcomes: Counter[str] = Counter()
 
     def check(mode: str, method: str, token: str, response, body: bytes) -> str:
-        if mode in REFUSED:
+        if mode in REFUSED and not (mode == "bad-chunk-size" and method == "HEAD"):
+            # (a HEAD answer has no body to read, so its chunk sizes are never read:
+            # it is the client's own answer, and the body left behind closes the
+            # connection)
             return "refused" if response.status == 502 else f"{response.status}, not refused"
         expected = b"" if method == "HEAD" or mode in (
             "body-after-204", "body-after-304") else f"token={token}".encode()
