@@ -87,7 +87,9 @@ REFUSED = ("bare-cr", "nul", "obs-fold", "space-before-colon", "differing-length
 
 class MisbehavingBackend:
     """The raw backend. ``trickle`` (a mode of its own) sends the head a byte at a
-    time, ``interval`` seconds apart, for at most TRICKLE_SECONDS."""
+    time, ``interval`` seconds apart, for at most TRICKLE_SECONDS;
+    ``processing-forever`` sends a ``102 Processing`` every ``interval`` seconds
+    for as long, and never a final answer."""
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
@@ -150,6 +152,10 @@ class MisbehavingBackend:
                     if mode == "trickle":
                         self._trickle(conn, answer(token))
                         return
+                    if mode == "processing-forever":
+                        self._trickle(conn, b"HTTP/1.1 102 Processing\r\n\r\n" * 100,
+                                      step=29)
+                        return
                     conn.sendall(MODES[mode](token, method))
                 except OSError:
                     return
@@ -162,12 +168,12 @@ class MisbehavingBackend:
                     except OSError:
                         return
 
-    def _trickle(self, conn: socket.socket, data: bytes) -> None:
+    def _trickle(self, conn: socket.socket, data: bytes, step: int = 1) -> None:
         deadline = time.monotonic() + TRICKLE_SECONDS
-        for index in range(len(data)):
+        for index in range(0, len(data), step):
             if not self._running or time.monotonic() > deadline:
                 return
-            conn.sendall(data[index:index + 1])
+            conn.sendall(data[index:index + step])
             time.sleep(self.interval)
 
     def stop(self) -> None:

@@ -144,6 +144,16 @@ def test_trickled_head_gets_a_504_within_the_read_timeout(raw_backend):
     assert_next_requests_get_their_own(app)
 
 
+def test_interim_answers_do_not_extend_the_head_deadline(raw_backend):
+    """A 102 every 0.1 s, never a final answer: still a 504 at timeout.read."""
+    app = balancer(raw_backend, timeout_read=1)
+    started = time.monotonic()
+    _, response = request(app, "processing-forever", status=504)
+    assert 0.9 < time.monotonic() - started < 2.0
+    assert "status line and headers not complete within 1 s" in response.text
+    assert_next_requests_get_their_own(app)
+
+
 def test_no_header_the_client_did_not_send(raw_backend):
     app = balancer(raw_backend)
     request(app, "clean", status=200)
