@@ -30,12 +30,15 @@ from urllib3 import HTTPConnectionPool, HTTPHeaderDict, Timeout
 from urllib3.connection import HTTPConnection
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
+from urllib3.util.wait import wait_for_read
 
 from .settings import BackendSpec, Settings
 from .stats import BackendStats
 from .upstream import StrictResponse
 
 log = logging.getLogger(__name__)
+
+_HAS_POLL = hasattr(select, "poll")
 
 
 # http.client's own rules for a header line: a name without ':' or white space,
@@ -103,6 +106,8 @@ class KeptAliveConnection(HTTPConnection):
         sock = self.sock
         if sock is None:
             return False
+        if not _HAS_POLL:  # not on Linux: urllib3's own check (select)
+            return not wait_for_read(sock, timeout=0.0)
         if sock is not self._polled:
             poller = select.poll()
             poller.register(sock, select.POLLIN)
