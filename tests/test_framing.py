@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from misbehaving import LATE, OWN_ANSWER, REFUSED, MisbehavingBackend
 from serve_process import ServeProcess, production_ini
 from servers import free_port, run_concurrently
+from urllib3.exceptions import ProtocolError
+from webob import Request
 from webtest import TestApp
 
 from zope_lb import LoadBalancer
@@ -131,6 +133,20 @@ def test_malformed_answer_is_a_502_and_costs_the_next_request_nothing(raw_backen
     assert "invalid response" in response.text
     assert "X-Injected" not in response.headers
     assert_next_requests_get_their_own(app)
+
+
+def test_chunk_longer_than_its_size_breaks_the_answer_off(raw_backend):
+    """Found after the first chunk went out: the client's answer is cut (as for
+    any backend failure mid-body), never completed with a guess."""
+    app = LoadBalancer([raw_backend.address], health_interval=0)
+    environ = Request.blank("/t/cut", headers={"X-Misbehave": "chunk-longer-than-said"}).environ
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        with pytest.raises(ProtocolError, match="IncompleteRead"):
+            b"".join(body)
+    finally:
+        body.close()
+    assert_next_requests_get_their_own(TestApp(app))
 
 
 def test_trickled_head_gets_a_504_within_the_read_timeout(raw_backend):

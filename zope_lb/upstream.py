@@ -319,6 +319,25 @@ class StrictResponse(http.client.HTTPResponse):
             raise ValueError(f"malformed chunk size line {line[:40]!r}")
         return int(match.group(1), 16)
 
+    def _get_chunk_left(self) -> int | None:
+        """http.client's, but the CRLF after each chunk's data is checked, not
+        just skipped: a chunk longer than its size line said is a broken answer."""
+        chunk_left = self.chunk_left
+        if not chunk_left:  # 0: at the end of a chunk; None: before the first
+            if chunk_left is not None and self._safe_read(2) != b"\r\n":  # type: ignore[attr-defined]
+                self._close_conn()
+                raise http.client.IncompleteRead(b"")
+            try:
+                chunk_left = self._read_next_chunk_size()
+            except ValueError:
+                raise http.client.IncompleteRead(b"") from None
+            if chunk_left == 0:
+                self._read_and_discard_trailer()
+                self._close_conn()
+                chunk_left = None
+            self.chunk_left = chunk_left
+        return chunk_left
+
     def _read_and_discard_trailer(self) -> None:
         """Skip the trailer fields; the answer is complete only at its empty line."""
         for _ in range(MAX_FIELDS + 1):
