@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from urllib3 import HTTPConnectionPool
 from urllib3.connection import HTTPConnection
 from urllib3.util import SKIP_HEADER
 from webtest import TestApp
@@ -60,3 +61,42 @@ def test_latin1_header_reaches_the_backend_byte_for_byte(scripted):
     app = TestApp(LoadBalancer([server.address], health_interval=0))
     app.get("/", headers={"X-Name": "caf\xe9"}, status=204)
     assert b"\r\nX-Name: caf\xe9\r\n" in server.requests[0]
+
+
+class UrllibsOwnWay(KeptAliveConnection):
+    """The same connection, answering through urllib3's own ``getresponse``."""
+
+    getresponse = HTTPConnection.getresponse
+
+
+ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+    b"Content-Length: 5\r\nX-Trailing: v \t\r\n\r\nhello",
+    b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\n\r\n",
+    b"HTTP/1.0 200\r\nX-Latin: caf\xe9\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+def test_getresponse_builds_what_urllib3s_own_would(scripted):
+    """KeptAliveConnection.getresponse skips urllib3's header re-check, and
+    touches urllib3's private _response_options: this holds it to urllib3's
+    result for every version the project runs on."""
+    seen = []
+    for connection_class in (KeptAliveConnection, UrllibsOwnWay):
+        server = scripted(lambda head, index: ANSWERS[index])
+        pool = HTTPConnectionPool("127.0.0.1", server.port, maxsize=1, retries=False)
+        pool.ConnectionCls = connection_class
+        answers = []
+        for method in ("GET", "GET", "GET", "GET"):
+            response = pool.urlopen(method, "/", preload_content=False, decode_content=False)
+            answers.append((response.status, response.reason, response.version,
+                            response.version_string, list(response.headers.items()),
+                            response.length_remaining, response.chunked,
+                            response.read(decode_content=False)))
+            response.release_conn()
+        pool.close()
+        assert server.connections == 1  # each answer left the connection clean
+        seen.append(answers)
+    assert seen[0] == seen[1]
+    assert seen[0][0][4][1:3] == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]

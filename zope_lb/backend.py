@@ -16,29 +16,30 @@ are counted by the pool, which owns the lock that makes them atomic.
 from __future__ import annotations
 
 import enum
+import http.client
 import logging
 import re
+import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from urllib3 import HTTPConnectionPool, Timeout
+import urllib3
+from urllib3 import HTTPConnectionPool, HTTPHeaderDict, Timeout
 from urllib3.connection import HTTPConnection
+from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
+from urllib3.util.wait import wait_for_read
 
 from .settings import BackendSpec, Settings
 from .stats import BackendStats
+from .upstream import StrictResponse
 
 log = logging.getLogger(__name__)
 
+_HAS_POLL = hasattr(select, "poll")
 
-class _Reuse(threading.local):
-    retriable = False
-
-
-#: Set by the proxy, per thread, just before it sends a request.
-REUSE = _Reuse()
 
 # http.client's own rules for a header line: a name without ':' or white space,
 # a value without a bare CR or LF (a folded continuation is let through).
@@ -49,19 +50,82 @@ _ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])").search
 class KeptAliveConnection(HTTPConnection):
     """A pooled connection to a backend.
 
-    urllib3 polls every pooled socket before reusing it, to see whether the
-    backend closed it meanwhile: a system call per request, which lets go of
-    the GIL. zope_lb skips that poll when the request is one it would send again
-    anyway on a fresh connection if this one turned out closed (an idempotent
-    method without a body, see ``Proxy._send``). A POST still gets the poll, so
-    it is never sent into a connection the backend already closed.
+    Its answers are read by :class:`zope_lb.upstream.StrictResponse`: a strict
+    head with one deadline, interim 1xx answers skipped, and the connection
+    closed at once when an answer was not framed exactly (bytes past its end, a
+    body where none may be). Before it is reused, ``is_connected`` polls the
+    socket once (about 0.5 µs, for every method): a byte or an EOF waiting on an
+    idle connection means the backend closed it or sent more than it should,
+    and urllib3 then opens a fresh one. It sends no header the client did not:
+    no ``User-Agent`` of urllib3's, no ``Accept-Encoding: identity``.
     """
+
+    _polled: Any = None  # the socket the poller watches
+    _poller: Any = None
+
+    def response_class(self, sock: Any, debuglevel: int = 0,  # type: ignore[override]
+                       method: str | None = None, url: str | None = None) -> StrictResponse:
+        """http.client builds each answer through this: ours, knowing its connection."""
+        return StrictResponse(sock, debuglevel, method, url, connection=self)
+
+    def getresponse(self) -> BaseHTTPResponse:  # type: ignore[override]
+        """urllib3's ``getresponse`` without its second look at the headers.
+
+        urllib3 checks the parsed headers for defects and rewrites obs-folded
+        values (about 10 µs for a dozen headers); StrictResponse has refused
+        both already, so its fields go straight into the HTTPHeaderDict. The
+        rest is urllib3 2.x's own method (``_response_options`` is urllib3's,
+        see ``tests/test_connection.py``, which holds the two to the same result).
+        """
+        options = self._response_options
+        if options is None:
+            raise http.client.ResponseNotReady()
+        self._response_options = None
+        self.sock.settimeout(self.timeout)
+        shutdown = getattr(self.sock, "shutdown", None)
+        raw = http.client.HTTPConnection.getresponse(self)
+        return urllib3.HTTPResponse(
+            body=raw,
+            headers=HTTPHeaderDict(raw.msg._headers),  # type: ignore[attr-defined]
+            status=raw.status,
+            version=raw.version,
+            version_string=getattr(self, "_http_vsn_str", "HTTP/?"),
+            reason=raw.reason,
+            preload_content=options.preload_content,
+            decode_content=options.decode_content,
+            original_response=raw,
+            enforce_content_length=options.enforce_content_length,
+            request_method=options.request_method,
+            request_url=options.request_url,
+            sock_shutdown=shutdown,
+        )
 
     @property
     def is_connected(self) -> bool:
-        if REUSE.retriable and self.sock is not None:
-            return True
-        return bool(super().is_connected)
+        """Whether the idle socket is still open with nothing unread on it."""
+        sock = self.sock
+        if sock is None:
+            return False
+        if not _HAS_POLL:  # not on Linux: urllib3's own check (select)
+            return not wait_for_read(sock, timeout=0.0)
+        if sock is not self._polled:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            self._poller = poller
+            self._polled = sock
+        return not self._poller.poll(0)
+
+    def putrequest(self, method: str, url: str, skip_host: bool = False,
+                   skip_accept_encoding: bool = False) -> None:
+        # http.client would add "Accept-Encoding: identity"; the client's own
+        # Accept-Encoding, if any, is forwarded as one of its headers.
+        super().putrequest(method, url, skip_host=skip_host, skip_accept_encoding=True)
+
+    def request(self, method: str, url: str, body: Any = None,  # type: ignore[override]
+                headers: Any = None, **options: Any) -> None:
+        if headers is None or "User-Agent" not in headers:
+            headers = {**(headers or {}), "User-Agent": SKIP_HEADER}  # not urllib3's own
+        super().request(method, url, body, headers, **options)
 
     def putheader(self, header: str, *values: str) -> None:  # type: ignore[override]
         """Buffer one header line, checked by http.client's rules, in one step.

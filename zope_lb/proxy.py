@@ -49,7 +49,7 @@ from urllib3.exceptions import (
 )
 
 from .accesslog import Entry
-from .backend import REUSE, Backend
+from .backend import Backend
 from .errors import (
     BackendConnectError,
     BackendDisconnected,
@@ -72,6 +72,7 @@ from .pool import BackendPool
 from .routing import Rule, cookie_value, has_cookie, matches_all
 from .settings import Settings
 from .strategies import Strategy
+from .upstream import HeadTimeout
 
 log = logging.getLogger(__name__)
 #: Warnings that repeat per request during an outage: once, then summarised.
@@ -115,7 +116,10 @@ def translated(exc: BaseException, backend: Backend, timeout_read: float) -> Ups
         return BackendConnectError("connect timed out", where, label=label,
                                    public="connect timed out")
     if isinstance(exc, ReadTimeoutError):
-        reason = f"no answer within {timeout_read:g} s"
+        if isinstance(exc.__cause__, HeadTimeout):
+            reason = f"status line and headers not complete within {timeout_read:g} s"
+        else:
+            reason = f"no answer within {timeout_read:g} s"
         return BackendTimeout(reason, where, label=label, public=reason)
     if isinstance(exc, ProtocolError):
         broken = exc.args[1] if len(exc.args) > 1 else exc.__cause__
@@ -476,8 +480,6 @@ class Proxy:
               chunked: bool) -> tuple[Any, bytes, Callable[[], None] | None]:
         """Send the request; return the response, its first body chunk, and what
         to call when it is closed."""
-        # skip urllib3's liveness poll for a request we would send again anyway
-        REUSE.retriable = method in IDEMPOTENT and body is None
         try:
             response = self._urlopen(backend.pool, backend, method, target, headers,
                                      body, chunked)
