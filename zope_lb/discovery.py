@@ -165,6 +165,8 @@ def _dns_addresses(resolver: dns.resolver.Resolver, name: str) -> tuple[list[str
             answer = resolver.resolve(name, rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             raise LookupFailed(f"{name}: no such name (NXDOMAIN)") from None
+        except dns.exception.Timeout:
+            raise  # the server is gone: no second wait for the other type
         except dns.exception.DNSException as exc:
             errors.append(exc)
             continue
