@@ -417,6 +417,9 @@ def parse_backend_line(line: str) -> BackendSpec:
     words = line.split()
     if "resolve=srv" in words[1:]:
         host, port = _srv_name(words[0]), 0
+    elif words[0].startswith("_"):
+        raise ValueError(f"{words[0]!r} looks like an SRV name: add resolve=srv "
+                         "(the records give the ports)")
     else:
         host, port = parse_address(words[0])
     fields: dict[str, Any] = {}
