@@ -283,3 +283,57 @@ def test_verify_names_a_line_that_does_not_resolve(dns_server):
 
     with pytest.raises(ConfigError, match="does not resolve"):
         verify_cluster(["nothere.test:8080 resolve"], resolve_server=dns_server.address)
+
+
+class Hook:
+    """A webhook receiver that keeps each event it is sent."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def __call__(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        self.events.append(json.loads(environ["wsgi.input"].read(length)))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"thanks"]
+
+
+@pytest.mark.slow
+def test_zope_lb_serve_follows_dns_and_probes_each_address(dns_server, replicas,
+                                                            serve_process):
+    port = replicas[0].port
+    dns_server.set_hosts({NAME: HOSTS[:2]})
+    hook = Hook()
+    receiver = ServerThread(hook).start()
+    try:
+        lb = serve_process(
+            [f"{NAME}:{port}  resolve"],
+            app=f"resolve.server = {dns_server.address}\nresolve.interval = 1\n"
+                f"health.interval = 1\nhealth.fall = 1\nnotify.webhook = {receiver.url}/hook",
+        )
+        http = urllib3.PoolManager(retries=False, timeout=5)
+
+        def health():
+            return json.loads(http.request("GET", lb.url + "/__zope_lb__/health").data)
+
+        assert {b["id"] for b in health()["backends"]} == {f"{NAME}@{h}" for h in HOSTS[:2]}
+        dns_server.set_hosts({NAME: HOSTS[:4]})
+        # Serving on all 4 within resolve.interval + health.interval + 1 s.
+        scaled = time.monotonic()
+        seen: set[str] = set()
+        while time.monotonic() - scaled < 1 + 1 + 1 and len(seen) < 4:
+            seen.add(http.request("GET", lb.url + "/echo").headers["X-Backend"])
+        assert seen == set(HOSTS[:4])
+        # A replica that dies is probed down on its own; the event names the address.
+        replicas[3].stop()
+        assert wait_until(lambda: any(
+            b["id"] == f"{NAME}@{HOSTS[3]}" and b["state"] == "down"
+            for b in health()["backends"]), 8)
+        assert wait_until(lambda: any(e.get("event") == "backend.down" for e in hook.events), 8)
+        down = [e for e in hook.events if e.get("event") == "backend.down"]
+        assert {(e["backend"], e["address"]) for e in down} == {
+            (f"{NAME}@{HOSTS[3]}", f"{HOSTS[3]}:{port}")}
+        others = [b["state"] for b in health()["backends"] if b["id"] != f"{NAME}@{HOSTS[3]}"]
+        assert others == ["up", "up", "up"]
+    finally:
+        receiver.stop()
