@@ -337,3 +337,24 @@ def test_zope_lb_serve_follows_dns_and_probes_each_address(dns_server, replicas,
         assert others == ["up", "up", "up"]
     finally:
         receiver.stop()
+
+
+def test_a_resolve_line_added_at_run_time_and_in_a_named_pool(dns_server, replicas):
+    port = replicas[0].port
+    dns_server.set_hosts({NAME: HOSTS[:2], "api.test": HOSTS[3:5]})
+    lb = LoadBalancer(replicas[4].address, resolve_server=dns_server.address,
+                      resolve_interval=1, health_interval=0,
+                      **{"pool.api.backends": f"api.test:{port} resolve",
+                         "pool.api.match": "path:/++api++"})
+    try:
+        api = lb.proxy.routes[0].pool
+        assert sorted(b.id for b in api.backends) == [f"api.test@{h}" for h in HOSTS[3:5]]
+        # An admin edit adds a name: the thread looks it up, the request does not wait.
+        lb.apply({"backends": f"{NAME}:{port} resolve"})
+        assert wait_until(lambda: _served(lb) == HOSTS[:2], 5)
+        dns_server.set_hosts({NAME: HOSTS[:2], "api.test": HOSTS[3:4]})
+        assert wait_until(lambda: [b.id for b in api.backends] == [f"api.test@{HOSTS[3]}"], 5)
+        app = TestApp(lb)
+        assert app.get("/++api++/echo").headers["X-Backend"] == HOSTS[3]
+    finally:
+        lb.close()
