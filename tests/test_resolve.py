@@ -257,6 +257,32 @@ def test_admin_state_follows_the_address_through_the_state_file(dns_server, repl
         lb.close()
 
 
+def test_the_admin_api_disables_one_resolved_address(dns_server, replicas):
+    from admin_support import PASSWORD, USERS
+
+    port = replicas[0].port
+    dns_server.set_hosts({NAME: HOSTS[:2]})
+    lb = _lb(dns_server, port, admin_users=USERS, health_interval=0)
+    try:
+        admin = TestApp(lb, extra_environ={"REMOTE_ADDR": "127.0.0.1"})
+        admin.authorization = ("Basic", ("admin", PASSWORD))
+        one = f"{NAME}@{HOSTS[1]}"
+        admin.post(f"/__zope_lb__/api/backends/{one}/disable")
+        # The Basic tab's lines are the line as written; the status has each address.
+        assert admin.get("/__zope_lb__/api/backends").json["backends"] == [
+            f"{NAME}:{port}  resolve"]
+        rows = admin.get("/__zope_lb__/api/status").json["backends"]
+        assert {(r["id"], r["address"], r["state"]) for r in rows} == {
+            (f"{NAME}@{HOSTS[0]}", f"{HOSTS[0]}:{port}", "up"),
+            (one, f"{HOSTS[1]}:{port}", "disabled")}
+        app = TestApp(lb)
+        assert {app.get("/echo").headers["X-Backend"] for _ in range(4)} == {HOSTS[0]}
+        metrics = admin.get("/__zope_lb__/metrics").text
+        assert f'backend="{one}"' in metrics
+    finally:
+        lb.close()
+
+
 def test_a_new_address_joins_with_slowstart(dns_server, replicas):
     port = replicas[0].port
     dns_server.set_hosts({NAME: HOSTS[:2]})
