@@ -384,3 +384,18 @@ def test_a_resolve_line_added_at_run_time_and_in_a_named_pool(dns_server, replic
         assert app.get("/++api++/echo").headers["X-Backend"] == HOSTS[3]
     finally:
         lb.close()
+
+
+def test_zope_lb_verify_of_an_ini_checks_every_address_from_its_resolve_server(
+        dns_server, replicas, tmp_path, capsys):
+    from zope_lb.cli import main
+
+    port = replicas[0].port
+    dns_server.set_hosts({NAME: HOSTS[:3]})
+    ini = tmp_path / "production.ini"
+    ini.write_text(f"[app:main]\nuse = egg:zope_lb\nbackends =\n    {NAME}:{port}  resolve\n"
+                   f"resolve.server = {dns_server.address}\n")
+    status = main(["verify", str(ini), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 3  # reachable; the storage checks need --user
+    assert [c["address"] for c in report["clients"]] == [f"{h}:{port}" for h in HOSTS[:3]]
