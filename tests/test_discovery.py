@@ -153,7 +153,7 @@ def test_failures_and_empty_answers_keep_the_last_good_set_with_one_warning(capl
     good = Answer((Target("10.0.0.1", 8080), Target("10.0.0.2", 8080)), 30.0)
     discovery, _, clock = _discovery([
         good, LookupFailed("backend: timed out"), Answer((), 30.0),
-        LookupFailed("backend: NXDOMAIN"), good])
+        RuntimeError("a resolver bug"), good])
     key = ("backend", 8080, "a")
     spec = parse_backend_line("backend:8080 resolve")
     caplog.set_level(logging.INFO, logger="zope_lb.discovery")

@@ -374,17 +374,21 @@ class Discovery:
             if self._stop.is_set():
                 break
             with self._lock:
-                server, interval = self._server, self._interval
-                if server and self._resolver is None:
-                    self._resolver = make_resolver(server)
-                resolver = self._resolver
+                server, interval, resolver = self._server, self._interval, self._resolver
+            answer: Answer | None = None
             try:
-                answer: Answer | None = self._lookup(key, server, resolver)
-                error = ""
-                if answer is not None and not answer.targets:
-                    error = f"{key[0]}: the answer has no address"
+                if resolver is None and (server or key[2] == "srv"):
+                    resolver = make_resolver(server)  # no /etc/resolv.conf: an error here
+                    with self._lock:
+                        if server == self._server:
+                            self._resolver = resolver
+                answer = self._lookup(key, server, resolver)
+                error = "" if answer.targets else f"{key[0]}: the answer has no address"
             except LookupFailed as exc:
-                answer, error = None, str(exc)
+                error = str(exc)
+            except Exception as exc:  # a resolver bug must not end the thread
+                log.debug("lookup of %s crashed", key[0], exc_info=True)
+                error = f"{key[0]}: {type(exc).__name__}: {exc}"
             changed |= self._record(key, answer, error, interval)
         return changed
 
