@@ -11,6 +11,8 @@ import logging
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zope_lb.discovery import (
     Answer,
@@ -206,3 +208,23 @@ def test_the_thread_reports_a_change_and_stops_when_closed():
 
 def test_backend_spec_of_an_srv_name_has_no_port_in_its_address():
     assert BackendSpec("_http._tcp.x", 0, resolve="srv").address == "_http._tcp.x"
+
+
+ips = st.builds(lambda a, b: f"10.0.{a}.{b}", st.integers(0, 3), st.integers(1, 4))
+
+
+@given(fixed=st.lists(ips, max_size=4, unique=True),
+       names=st.dictionaries(st.sampled_from(["a.local", "b.local", "c.local"]),
+                             st.lists(ips, max_size=6), max_size=3))
+def test_expansion_never_repeats_an_address_or_an_id(fixed, names):
+    specs = [parse_backend_line(f"{ip}:8080") for ip in fixed]
+    specs += [parse_backend_line(f"{name}:8080 resolve") for name in names]
+    answers = {(name, 8080, "a"): [Target(ip, 8080) for ip in found]
+               for name, found in names.items()}
+    out = expand_all(specs, answers)
+    assert len({s.address for s in out}) == len(out)
+    assert len({s.id for s in out}) == len(out)
+    assert out[:len(fixed)] == tuple(specs[:len(fixed)])  # fixed lines first, unchanged
+    every = set(fixed) | {ip for found in names.values() for ip in found}
+    assert {s.host for s in out} == every  # each address is served by someone
+    assert all(not s.resolve for s in out)
