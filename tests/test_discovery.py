@@ -228,3 +228,13 @@ def test_expansion_never_repeats_an_address_or_an_id(fixed, names):
     every = set(fixed) | {ip for found in names.values() for ip in found}
     assert {s.host for s in out} == every  # each address is served by someone
     assert all(not s.resolve for s in out)
+
+
+def test_a_shorter_interval_applies_to_lookups_already_scheduled():
+    discovery, _, clock = _discovery([Answer((Target("10.0.0.1", 8080),), None)])
+    key = ("backend", 8080, "a")
+    discovery._look_up([key])
+    assert discovery._due[key] == clock.now + 5.0
+    discovery.follow(parse_settings({"backends": "backend:8080 resolve",
+                                     "resolve.interval": "1"}))
+    assert discovery._due[key] == clock.now + 1.0

@@ -311,6 +311,9 @@ class Discovery:
             if settings.resolve_server != self._server:
                 self._resolver = None
                 self._due = dict.fromkeys(self._due, 0.0)  # ask the new server now
+            if settings.resolve_interval < self._interval:  # shorter: not after the old one
+                soon = self._clock() + settings.resolve_interval
+                self._due = {k: min(when, soon) for k, when in self._due.items()}
             self._interval = settings.resolve_interval
             self._server = settings.resolve_server
             for key in list(self._due):
