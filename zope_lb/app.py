@@ -21,6 +21,7 @@ from .accesslog import AccessLog, Entry, LoggedBody, LoggedList
 from .admin import AdminApp, registry
 from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
+from .discovery import Discovery
 from .errors import BackendTimeout, NoBackendAvailable, UpstreamError
 from .headers import client_address
 from .health import HealthChecker
@@ -100,10 +101,16 @@ class LoadBalancer:
         self.observer: RequestObserver | None = None
         self.on_apply: list[Callable[[Settings], None]] = []
         self.dispatcher = _dispatcher(settings)
-        self.pool = self._new_pool(settings, settings.backends, "default")
+        # `resolve` lines: looked up once now, before the first request, then
+        # followed by the discovery thread (no request ever waits on DNS).
+        self.discovery = Discovery(self._resolved_changed, clock=clock)
+        self.discovery.follow(settings)
+        self.discovery.resolve_now()
+        self.pool = self._new_pool(settings, self.discovery.expand(settings.backends), "default")
         self.strategy = make_strategy(settings.strategy, settings)
         named = tuple(
-            Route(spec.name, self._new_pool(settings, spec.backends, spec.name),
+            Route(spec.name, self._new_pool(settings, self.discovery.expand(spec.backends),
+                                            spec.name),
                   make_strategy(spec.strategy, settings), spec.match)
             for spec in settings.pools
         )
@@ -118,6 +125,7 @@ class LoadBalancer:
         self.metrics = Metrics(self)
         self.set_observer(self.metrics.observer)
         self.admin = AdminApp(self)
+        self.discovery.start()
         _open_balancers.add(self)
         registry.register(name, self)
         log.info(
@@ -184,16 +192,17 @@ class LoadBalancer:
 
     def _switch(self, settings: Settings) -> None:
         old = self.settings
-        self.pool.reconfigure(settings)
+        self.discovery.follow(settings)
+        self.pool.reconfigure(settings, self.discovery.expand(settings.backends))
         routes = {route.name: route for route in self.proxy.routes}
         named = []
         for spec in settings.pools:
             route = routes.pop(spec.name, None)
             if route is None:
-                pool = self._new_pool(settings, spec.backends, spec.name)
+                pool = self._new_pool(settings, self.discovery.expand(spec.backends), spec.name)
             else:
                 pool = route.pool
-                pool.reconfigure(settings, spec.backends)
+                pool.reconfigure(settings, self.discovery.expand(spec.backends))
             named.append(Route(spec.name, pool, make_strategy(spec.strategy, settings),
                                spec.match))
         for gone in routes.values():
@@ -213,6 +222,31 @@ class LoadBalancer:
         self._use(settings)
         log.info("configuration applied: %d backends, strategy %s",
                  len(settings.backends), settings.strategy)
+
+    def _resolved_changed(self) -> None:
+        """The discovery thread's answer changed: each pool whose expansion
+        differs is reconfigured in place (unchanged addresses keep their
+        backend; new ones join with slow start; vanished ones drain). The
+        settings, and so the configured text, stay as they are."""
+        joined = False
+        with self.apply_lock:
+            if self._closed:
+                return
+            settings = self.settings
+            lines = {spec.name: spec.backends for spec in settings.pools}
+            for pool, specs in ((self.pool, settings.backends),
+                                *((r.pool, lines.get(r.name, ())) for r in self.proxy.routes)):
+                expanded = self.discovery.expand(specs)
+                if expanded == tuple(b.spec for b in pool.backends):
+                    continue
+                before = set(pool.backends)
+                pool.reconfigure(settings, expanded)
+                for backend in pool.backends:
+                    if backend not in before:
+                        backend.start_slowly()
+                        joined = True
+        if joined and self.state_file is not None:
+            self.state_file.sync_backends()  # an admin state kept for a returning address
 
     def _probed(self, backend: Backend, passed: bool) -> None:
         observer = self.observer
@@ -399,6 +433,7 @@ class LoadBalancer:
         registry.unregister(self.name, self)
         if self.state_file is not None:
             self.state_file.close()
+        self.discovery.close()
         if self.checker is not None:
             self.checker.close()
         for pool in self.pools:

@@ -355,6 +355,12 @@ class Backend:
     def close(self) -> None:
         self.pool.close()
 
+    def start_slowly(self) -> None:
+        """A backend that just joined (a new address of a ``resolve`` line) ramps
+        up like a recovered one: a new replica's caches are cold too."""
+        if self.slowstart:
+            self.ramp_until = self._clock() + self.slowstart
+
     def _change(self, event: str, reason: str) -> None:
         with self._lock:
             old = self.state

@@ -378,6 +378,28 @@ def as_optional_subpath(value: object) -> str:
     return text.rstrip("/")
 
 
+def as_dns_server(value: object) -> str:
+    """Empty (the system resolver), or a DNS server as ``IP`` or ``IP:PORT``
+    (IPv6 as ``[::1]:53``); an IP, since the resolver cannot look itself up."""
+    text = str(value).strip()
+    if not text:
+        return ""
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("write an IPv6 server as [::1]:53")
+        port_text = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    if not _is_ip(host):
+        raise ValueError(f"{host!r} must be an IP address such as 10.0.0.2 or "
+                         "127.0.0.11:53 (the resolver cannot look up its own name)")
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ValueError("the port must be a number from 1 to 65535")
+    return f"{url_host(host)}:{int(port_text)}"
+
+
 def as_credentials(value: object) -> str:
     text = str(value).strip()
     if text and (":" not in text or not text.split(":", 1)[0]):
@@ -406,6 +428,7 @@ class BackendSpec:
     backup: bool = False
     maxconn: int | None = None  # None: the global ``maxconn``
     id: str = ""
+    resolve: str = ""  # "a": A/AAAA lookups, "srv": SRV lookups, "": a fixed address
 
     @property
     def url_host(self) -> str:
@@ -414,8 +437,8 @@ class BackendSpec:
 
     @property
     def address(self) -> str:
-        """``host:port``, with IPv6 hosts in brackets."""
-        return f"{self.url_host}:{self.port}"
+        """``host:port``, with IPv6 hosts in brackets (an SRV name: no port)."""
+        return f"{self.url_host}:{self.port}" if self.port else self.host
 
     @property
     def line(self) -> str:
@@ -429,6 +452,8 @@ class BackendSpec:
             parts.append(f"maxconn={self.maxconn}")
         if self.backup:
             parts.append("backup")
+        if self.resolve:
+            parts.append("resolve=srv" if self.resolve == "srv" else "resolve")
         return "  ".join(parts)
 
 
@@ -481,13 +506,20 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-_FLAG_HINT = "known flags: weight=N, backup, maxconn=N, id=NAME"
+_FLAG_HINT = "known flags: weight=N, backup, maxconn=N, id=NAME, resolve, resolve=srv"
 
 
 def parse_backend_line(line: str) -> BackendSpec:
-    """Parse ``host:port [weight=N] [backup] [maxconn=N] [id=NAME]``."""
+    """Parse ``host:port [weight=N] [backup] [maxconn=N] [id=NAME] [resolve]``,
+    or ``_service._proto.name resolve=srv`` (the SRV records give the ports)."""
     words = line.split()
-    host, port = parse_address(words[0])
+    if "resolve=srv" in words[1:]:
+        host, port = _srv_name(words[0]), 0
+    elif words[0].startswith("_"):
+        raise ValueError(f"{words[0]!r} looks like an SRV name: add resolve=srv "
+                         "(the records give the ports)")
+    else:
+        host, port = parse_address(words[0])
     fields: dict[str, Any] = {}
     for word in words[1:]:
         name, eq, value = word.partition("=")
@@ -505,12 +537,40 @@ def parse_backend_line(line: str) -> BackendSpec:
                     f"{word!r}: an id is 1-64 letters, digits, '.', '_' or '-'"
                 )
             fields["id"] = value
+        elif name == "resolve" and value in ("", "srv") and eq == ("=" if value else ""):
+            if port and _is_ip(host):
+                raise ValueError(f"{word!r}: {host!r} is an IP address, there is "
+                                 "nothing to resolve; write a host name")
+            fields["resolve"] = value or "a"
         else:
             raise ValueError(f"unknown flag {word!r}; {_FLAG_HINT}")
     spec = BackendSpec(host, port, **fields)
     if not spec.id:
         spec = BackendSpec(host, port, **{**fields, "id": spec.address})
     return spec
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+_SRV_LABEL = re.compile(r"_?(?!-)[A-Za-z0-9-]{1,62}(?<!-)")
+
+
+def _srv_name(text: str) -> str:
+    """The name of an SRV lookup: a host name whose labels may start with '_'
+    (``_http._tcp.backend.local``), without a port, since the records give it."""
+    if ":" in text or "/" in text:
+        raise ValueError(f"{text!r}: with resolve=srv the SRV records give the port; "
+                         "write the name alone, e.g. _http._tcp.backend.local")
+    if len(text) > 253 or not all(_SRV_LABEL.fullmatch(x) for x in text.split(".")):
+        raise ValueError(f"{text!r} is not a valid SRV name (letters, digits, '-' and "
+                         "'.', labels may start with '_')")
+    return text
 
 
 def _flag(word: str, convert: Callable[[str], int], value: str) -> int:
@@ -594,7 +654,8 @@ REQUIRED = object()
 OPTIONS: tuple[Option, ...] = (
     Option("backends", parse_backends, REQUIRED,
            "One `host:port` per line, optionally followed by `weight=N`, `backup`, "
-           "`maxconn=N`, `id=NAME`. No `http://`; port always present; IPv6 as `[::1]:8080`. "
+           "`maxconn=N`, `id=NAME`, `resolve` (every address of the name is a backend; "
+           "see *Containers*). No `http://`; port always present; IPv6 as `[::1]:8080`. "
            "`weight` is 0-100, `maxconn` 0-10000.",
            "(required)"),
     Option("strategy", as_strategy, "round_robin",
@@ -740,6 +801,13 @@ OPTIONS: tuple[Option, ...] = (
            "Where admin changes are kept (atomic JSON), shared by every process "
            "serving the same ini and read again at start; relative to the ini.",
            "`NAME.state.json` beside `NAME.ini`"),
+    Option("resolve.interval", as_duration, 5.0,
+           "Seconds between DNS lookups of the `resolve` backend lines (sooner when the "
+           "answer's TTL is shorter, but at most once a second).", "5"),
+    Option("resolve.server", as_dns_server, "",
+           "DNS server (`IP` or `IP:PORT`) asked for `resolve` lines, with TTLs; empty: "
+           "the system resolver (getaddrinfo, no TTL; SRV through /etc/resolv.conf).",
+           "(system resolver)"),
     Option("notify.min_healthy", as_min_healthy, 1,
            "Send a `cluster.degraded` event when healthy primaries fall to this "
            "number or below, `cluster.recovered` when they rise above again."),
@@ -825,6 +893,8 @@ class Settings:
                                         ipaddress.ip_network("::1/128"))
     metrics_public: bool = False
     state_file: str = ""
+    resolve_interval: float = 5.0
+    resolve_server: str = ""
     pools: tuple[PoolSpec, ...] = ()
     access_log: str = "combined"
 
@@ -886,7 +956,7 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
                        *((f"pool.{p.name}.backends", p.backends) for p in settings.pools)):
         _check_weights(key, specs)
     primaries = [b for b in settings.backends if not b.backup]
-    if len(primaries) < 2:
+    if len(primaries) < 2 and not any(b.resolve for b in primaries):
         log.warning(
             "only %d primary backend configured: that is a proxy, not a balancer; "
             "load balancing needs two or more", len(primaries),

@@ -558,6 +558,19 @@ class StateFile:
             self._sync_backends(saved.backends)
         return saved
 
+    def sync_backends(self) -> None:
+        """Apply the file's backend states again, for backends that just joined
+        (a resolved address that comes back keeps its admin state). A file that
+        cannot be read or parsed changes nothing here; the poll reports it."""
+        with self._lock:
+            try:
+                data = read_bytes(self.path)
+                saved = parse_state(data, self.path) if data is not None else Saved()
+            except (OSError, ConfigError):
+                return
+            with self._quiet():
+                self._sync_backends(saved.backends)
+
     def _sync_backends(self, wanted: Mapping[str, str]) -> None:
         for pool in self.balancer.pools:
             for backend in pool.backends:

@@ -60,7 +60,7 @@ from typing import Any, cast
 import urllib3
 
 from .errors import ConfigError, UpstreamError
-from .settings import BackendSpec, parse_backends
+from .settings import BackendSpec, as_dns_server, parse_backends
 
 log = logging.getLogger(__name__)
 
@@ -749,13 +749,17 @@ def _delete(writer: _Client, object_id: str, headers: dict[str, str]) -> None:
 
 def verify_cluster(addresses: Sequence[str], user: str | None = None,
                    write_check: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                   wait: float = DEFAULT_WRITE_WAIT) -> Report:
+                   wait: float = DEFAULT_WRITE_WAIT, resolve_server: str = "") -> Report:
     """Run every check on ``addresses`` ('host:port'); ``user`` is 'name:password'.
+    A ``resolve`` line is every address its name has now (asked of
+    ``resolve_server``, or the system resolver).
 
-    Raises ConfigError for a bad address or user; every network problem is a
-    failed check in the report instead.
+    Raises ConfigError for a bad address or user, or a name that does not
+    resolve; every network problem is a failed check in the report instead.
     """
-    specs = parse_backends(list(addresses))
+    from .discovery import resolve_specs
+
+    specs = resolve_specs(parse_backends(list(addresses)), resolve_server)
     if user is not None and ":" not in user:
         # the value may hold a password typed with the wrong separator: never echo it
         raise ConfigError("user", "***", "write NAME:PASSWORD, e.g. admin:secret")
@@ -828,6 +832,26 @@ def _addresses(targets: Sequence[str]) -> list[str]:
     return list(targets)
 
 
+def _resolve_server(targets: Sequence[str]) -> str:
+    """The ini's ``resolve.server`` (its ``resolve`` lines are asked of it too)."""
+    if len(targets) != 1 or not os.path.isfile(targets[0]):
+        return ""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(targets[0])
+    except configparser.Error:
+        return ""
+    for section in parser.sections():
+        if parser.has_option(section, "backends") and parser.has_option(
+                section, "resolve.server"):
+            try:
+                return as_dns_server(parser.get(section, "resolve.server"))
+            except ValueError as exc:
+                raise ConfigError("resolve.server", parser.get(section, "resolve.server"),
+                                  str(exc)) from None
+    return ""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``verify`` options to ``parser`` (used by ``zope_lb.cli``)."""
     parser.add_argument("targets", nargs="+", metavar="INI | HOST:PORT",
@@ -855,7 +879,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         addresses = _addresses(args.targets)
         report = verify_cluster(addresses, user=args.user, write_check=args.write_check,
-                                timeout=args.timeout, wait=args.write_wait)
+                                timeout=args.timeout, wait=args.write_wait,
+                                resolve_server=_resolve_server(args.targets))
     except ConfigError as exc:
         print(f"zope-lb verify: {exc}", file=sys.stderr)
         return 2

@@ -358,8 +358,9 @@ class AdminApp:
     # -- verify ---------------------------------------------------------------------
 
     def _verify_addresses(self) -> list[str]:
-        """The default pool's clients, backups too: they share the same ZODB."""
-        return [spec.address for spec in self.balancer.settings.backends]
+        """The default pool's clients, backups too: they share the same ZODB
+        (a ``resolve`` line: every address it has now)."""
+        return [row["address"] for row in self.balancer.stats() if row["pool"] == "default"]
 
     def _verify(self, frame: pages.Frame, form: Any, user: str) -> Response:
         """Run ``zope-lb verify`` over the default pool, bounded by ``verify_deadline``.
