@@ -999,7 +999,7 @@ def _known() -> str:
 # an option named exactly so, or starting with the key and a dot; an option no key
 # matches goes under "Other", so a new option never drops out of the README.
 OPTION_TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Balancing", ("backends", "strategy", "maxconn", "retries", "hash")),
+    ("Balancing", ("backends", "strategy", "maxconn", "retries", "hash", "resolve")),
     ("Timeouts and deadlines", ("timeout", "shutdown.timeout")),
     ("Queue", ("queue",)),
     ("Sticky sessions", ("affinity",)),
