@@ -14,7 +14,7 @@ import logging.config
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .affinity import confine, parse_cpu
@@ -89,10 +89,10 @@ def config(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from paste.deploy import loadapp, loadserver
+    from paste.deploy import loadapp
 
     from .reload import reload_on_sighup
-    from .server import load_server
+    from .server import bind_server
 
     ini_path = os.path.abspath(args.ini)
     if not os.path.isfile(ini_path):
@@ -114,24 +114,39 @@ def serve(args: argparse.Namespace) -> int:
     uri = f"config:{ini_path}"
     try:
         app = loadapp(uri, name=args.app_name)
-        server = load_server(uri, args.server_name)  # waitress, drained on SIGTERM/SIGINT
         # more [app:NAME] + [server:NAME] pairs in this process: the admin
         # (egg:zope_lb#admin) on a port of its own reaches the balancer here
-        also = [(name, loadapp(uri, name=name), loadserver(uri, name=name))
-                for name in args.also]
+        also_apps = [(name, loadapp(uri, name=name)) for name in args.also]
     except ConfigError as exc:
         print(f"zope-lb: configuration error in {args.ini}: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:
         print(f"zope-lb: {args.ini}: {exc}", file=sys.stderr)
         return 2
+    # Every listener is bound here, in this thread, before anything serves: an
+    # address in use stops start-up with one line, whichever server has it.
+    apps = [app, *(extra for _, extra in also_apps)]
+    try:
+        run = bind_server(uri, args.server_name, app)  # waitress, drained on SIGTERM/SIGINT
+        also = []
+        for name, extra_app in also_apps:
+            try:
+                also.append((name, bind_server(uri, name, extra_app)))
+            except OSError as exc:
+                raise OSError(f"[server:{name}] cannot listen: {exc}") from exc
+    except OSError as exc:
+        text = str(exc)
+        print(f"zope-lb: {text if text.startswith('[server:') else f'cannot listen: {text}'}",
+              file=sys.stderr)
+        _close(apps)
+        return 1
     failed: list[str] = []
-    for name, extra_app, extra_server in also:
-        threading.Thread(target=_serve_also, args=(name, extra_server, extra_app, failed),
+    for name, run_also in also:
+        threading.Thread(target=_serve_also, args=(name, run_also, failed),
                          name=f"zope-lb-{name}", daemon=True).start()
     stop_reloading = reload_on_sighup(app, uri, args.app_name, server_name=args.server_name)
     try:
-        status = server(app)
+        status = run()
     except OSError as exc:
         print(f"zope-lb: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -139,20 +154,27 @@ def serve(args: argparse.Namespace) -> int:
         status = 0
     finally:
         stop_reloading()
-        close = getattr(app, "close", None)
-        if close is not None:
-            close()
+        _close(apps)
     if failed:
         print(f"zope-lb: {failed[0]}", file=sys.stderr)
         return 1
     return status
 
 
-def _serve_also(name: str, server: Any, app: Any, failed: list[str]) -> None:
+def _close(apps: list[Any]) -> None:
+    """Close what loading the apps started (pools, the health checker)."""
+    for loaded in apps:
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()
+
+
+def _serve_also(name: str, run: Callable[[], int], failed: list[str]) -> None:
     """One of the ``--also`` servers, in its own thread; it ends with the process.
-    One that cannot listen stops the whole process, as the main one would."""
+    A server that is not waitress binds only now: one that cannot listen stops
+    the whole process, as the main one would."""
     try:
-        server(app)
+        run()
     except OSError as exc:
         failed.append(f"[server:{name}] cannot listen: {exc}")
         _thread.interrupt_main()

@@ -489,6 +489,14 @@ def check_options(ini: Mapping[str, Any], name: str) -> None:
 def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
     """The runner of ``[server:NAME]`` in ``uri``: for waitress (or ours), the
     server above with the section's values; for any other server, its own runner."""
+    return lambda app: bind_server(uri, name, app)()
+
+
+def bind_server(uri: str, name: str, app: Any) -> Callable[[], int]:
+    """``[server:NAME]`` of ``uri`` made ready to serve ``app``: for waitress (or
+    ours) the listening sockets are bound here, so an address in use raises
+    OSError now, in the caller's thread, before anything serves; the result runs
+    the server and returns the exit status. Any other server binds when run."""
     import waitress
     from paste.deploy import loadserver
     from paste.deploy.loadwsgi import SERVER, loadcontext
@@ -499,11 +507,11 @@ def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
                     "and the graceful stop of zope-lb serve do not apply", name)
         runner = loadserver(uri, name=name)
 
-        def other(app: Any) -> int:
+        def other() -> int:
             runner(app)
             return 0
 
         return other
     ini = dict(context.local_conf)
     check_options(ini, name)
-    return lambda app: serve(app, ini)
+    return Server(app, waitress_options(ini, raise_nofile())).run
