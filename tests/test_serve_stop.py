@@ -51,7 +51,7 @@ def test_a_request_in_flight_finishes_and_new_connections_are_refused(
     thread = slow_get(lb.port, 3, result)
     assert wait_until(lambda: _busy(backend), timeout=5)
     lb.send(signum)
-    assert wait_until(lambda: refused(lb.port), timeout=1, interval=0.02)
+    assert wait_until(lambda: refused(lb.port), timeout=3, interval=0.02)
     assert lb.running()  # still draining, yet nobody new gets in
     thread.join(10)
     assert result.get("status") == 200 and result["body"] == b"slow done", result

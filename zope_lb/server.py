@@ -488,8 +488,12 @@ def check_options(ini: Mapping[str, Any], name: str) -> None:
 
 def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
     """The runner of ``[server:NAME]`` in ``uri``: for waitress (or ours), the
-    server above with the section's values; for any other server, its own runner."""
-    return lambda app: bind_server(uri, name, app)()
+    server above with the section's values; for any other server, its own runner.
+    A bad value in the section raises ConfigError here, before any app runs."""
+    options = _waitress_section(uri, name)
+    if options is None:
+        return _other_runner(uri, name)
+    return lambda app: Server(app, options).run()
 
 
 def bind_server(uri: str, name: str, app: Any) -> Callable[[], int]:
@@ -497,21 +501,36 @@ def bind_server(uri: str, name: str, app: Any) -> Callable[[], int]:
     ours) the listening sockets are bound here, so an address in use raises
     OSError now, in the caller's thread, before anything serves; the result runs
     the server and returns the exit status. Any other server binds when run."""
+    options = _waitress_section(uri, name)
+    if options is None:
+        runner = _other_runner(uri, name)
+        return lambda: runner(app)
+    return Server(app, options).run
+
+
+def _waitress_section(uri: str, name: str) -> dict[str, Any] | None:
+    """The waitress options of ``[server:NAME]`` (checked), or None when the
+    section names another server."""
     import waitress
-    from paste.deploy import loadserver
     from paste.deploy.loadwsgi import SERVER, loadcontext
 
     context = loadcontext(SERVER, uri, name=name)
     if getattr(context, "object", None) not in (waitress.serve_paste, server_factory):
-        log.warning("[server:%s] is not waitress: the deadlines, the connection limit "
-                    "and the graceful stop of zope-lb serve do not apply", name)
-        runner = loadserver(uri, name=name)
-
-        def other() -> int:
-            runner(app)
-            return 0
-
-        return other
+        return None
     ini = dict(context.local_conf)
     check_options(ini, name)
-    return Server(app, waitress_options(ini, raise_nofile())).run
+    return waitress_options(ini, raise_nofile())
+
+
+def _other_runner(uri: str, name: str) -> Callable[[Any], int]:
+    from paste.deploy import loadserver
+
+    log.warning("[server:%s] is not waitress: the deadlines, the connection limit "
+                "and the graceful stop of zope-lb serve do not apply", name)
+    runner = loadserver(uri, name=name)
+
+    def other(app: Any) -> int:
+        runner(app)
+        return 0
+
+    return other
