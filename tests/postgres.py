@@ -6,8 +6,12 @@ as root the data directory is given to the ``postgres`` user (``chown``) and
 ``initdb``/``pg_ctl`` run through ``runuser -u postgres``.  The server listens
 on 127.0.0.1 only (no unix socket in /var/run, which a second test run or
 Debian's own cluster may hold: the socket goes into the data directory).
-``initdb`` runs once per cluster; ``stop``/``start`` keep the data, so a
-test can take the database away and bring it back on the same port.
+The folder is a fresh ``tempfile.mkdtemp`` in /tmp, not under pytest's
+temp dir: pytest resets /tmp/pytest-of-USER to mode 0700 whenever a session
+starts (another test run on the machine included), which would lock the
+``postgres`` user out of its own data mid-test.  ``initdb`` runs once per
+cluster; ``stop``/``start`` keep the data, so a test can take the database
+away and bring it back on the same port.
 ``pg_ctl -w`` waits for the server, bounded by ``-t``; ``stop -m fast``
 disconnects the clients at once, as an operator's restart or a crash does.
 """
@@ -20,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +95,6 @@ class Postgres:
         self.base.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.base, "postgres", "postgres")
-            # the user must be able to reach the folder: pytest's temp dirs are 0700
-            for parent in self.base.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
-                if parent == Path(parent.anchor) or str(parent) == "/tmp":
-                    break
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "--no-sync", "-E", "UTF8", "--locale=C")
         return self
@@ -139,10 +137,11 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def running_postgres(base: Path, databases: tuple[str, ...] = ()):
-    """A started :class:`Postgres` with ``databases`` created, stopped on exit
-    whatever happened (``pg_ctl stop``, then SIGKILL by PID if that failed)."""
-    server = Postgres(base)
+def running_postgres(databases: tuple[str, ...] = ()):
+    """A started :class:`Postgres` in a fresh temp dir with ``databases``
+    created; on exit, whatever happened, stopped (``pg_ctl stop``, then SIGKILL
+    by PID if that failed) and its folder removed."""
+    server = Postgres(Path(tempfile.mkdtemp(prefix="zope_lb-pg-")))
     try:
         server.init()
         server.start()
@@ -157,3 +156,4 @@ def running_postgres(base: Path, databases: tuple[str, ...] = ()):
         deadline = time.monotonic() + 10
         while server.running() and time.monotonic() < deadline:
             time.sleep(0.1)
+        shutil.rmtree(server.base, ignore_errors=True)

@@ -259,7 +259,7 @@ def pg_cluster(tmp_path_factory) -> Iterator[tuple[object, RelStorageCluster]]:
     if not postgres_installed():
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
     base = tmp_path_factory.mktemp("relstorage")
-    with running_postgres(base / "pg", ("zodb", "other")) as pg:
+    with running_postgres(("zodb", "other")) as pg:
         cluster = RelStorageCluster(base, lambda db, host: pg.dsn(db, host))
         try:
             yield pg, cluster.start(hosts=("127.0.0.1", "localhost"), own_storage=1,
