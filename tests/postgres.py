@@ -22,6 +22,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -120,6 +121,39 @@ class Postgres:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
             os.kill(pid, 9)
+
+    def pids(self) -> list[int]:
+        """The postmaster's PID and its children's (the backends, by their parent)."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:  # the field after the state is ppid
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Hold the server and its backends in SIGSTOP: the kernel still accepts
+        TCP connections, nothing answers (a hung database, a partition that
+        drops packets). SIGCONT to each on the way out, whatever happened."""
+        pids = self.pids()
+        assert pids, "PostgreSQL is not running"
+        stopped = []
+        try:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield self
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def createdb(self, name: str) -> None:
         self._run("createdb", "-h", self.host, "-p", str(self.port), "-U", "postgres", name)

@@ -369,3 +369,34 @@ def test_postgresql_stopped_takes_the_clients_out_and_restarted_brings_them_back
     assert wait_until(lambda: health()["status"] == "ok", 15), health()
     assert http_pool.request("GET", f"{lb.url}/").status == 200
     assert lb.wait_for_log(r"storage unavailable: PostgreSQL", timeout=1)
+
+
+@pytest.mark.zope
+def test_a_hung_postgresql_takes_the_clients_out_by_timeout_and_names_it(
+        pg_cluster, serve_process):
+    pg, cluster = pg_cluster
+    app = (f"health.interval = 300ms\nhealth.timeout = 1s\nhealth.rise = 2\n"
+           f"health.fall = 2\nhealth.storage = true\nhealth.auth = {CREDENTIALS}")
+    lb = serve_process([f"{s.address} id={s.name}" for s in cluster.clients], app=app)
+    http_pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(5, 10))
+
+    def health() -> dict:
+        return json.loads(http_pool.request("GET", f"{lb.url}/__zope_lb__/health").data)
+
+    assert wait_until(lambda: health()["status"] == "ok", 15), health()
+    time.sleep(1.0)  # a probe or two passes: each client's database is known
+    with pg.frozen():
+        # the measurement the docs quote: a request hangs, it does not fail
+        with pytest.raises(TimeoutError):
+            get_status(cluster.clients[0].address, timeout=3)
+
+        def all_out() -> bool:
+            return all(b["state"] == "down" and "timeout after 1 s" in b["reason"]
+                       and f":{pg.port}/zodb" in b["reason"] for b in health()["backends"])
+        assert wait_until(all_out, 10), health()
+        reasons = {b["id"]: b["reason"] for b in health()["backends"]}
+        # the frozen server's kernel accepts the connect: named, not blamed
+        assert reasons["rs0"].endswith(f"; storage PostgreSQL 127.0.0.1:{pg.port}/zodb")
+        assert "storage unavailable" not in reasons["rs0"]
+    assert wait_until(lambda: health()["status"] == "ok", 20), health()
+    assert http_pool.request("GET", f"{lb.url}/").status == 200
