@@ -187,7 +187,8 @@ def test_a_failing_relstorage_client_is_reported_with_its_database(scripted, fla
 
 
 def test_a_relstorage_client_is_read_once_while_it_passes(scripted):
-    location = pg_location(closed_port())
+    port = closed_port()
+    location, location_name = pg_location(port), f"; PostgreSQL 127.0.0.1:{port}/zodb"
     server = scripted(lambda head, i: answer("200 OK", db_page(location))
                       if request_line(head).split()[1] == ZEO_PAGE.encode()
                       else answer("200 OK"))
@@ -197,7 +198,8 @@ def test_a_relstorage_client_is_read_once_while_it_passes(scripted):
         results = [checker.probe(backend) for _ in range(3)]
     finally:
         checker.close()
-    assert all(passed for passed, _ in results)
+    assert all(passed and detail.endswith(location_name)
+               for passed, detail in results), results
     paths = [request_line(head).split()[1] for head in server.requests]
     assert paths == [b"/", ZEO_PAGE.encode(), b"/", b"/"]  # it asks its database anyway
 
@@ -230,6 +232,22 @@ def test_without_health_storage_a_failure_names_no_storage(scripted):
     finally:
         checker.close()
     assert not passed and "storage" not in detail
+
+
+@pytest.mark.parametrize("flag", ["health.storage", "health.zeo"])
+def test_a_disconnected_zeo_client_names_its_server(scripted, flag):
+    port = closed_port()
+    page = db_page(f"[('127.0.0.1', {port})] (disconnected)")
+    server = scripted(lambda head, i: answer("200 OK", page)
+                      if request_line(head).split()[1] == ZEO_PAGE.encode()
+                      else answer("200 OK"))
+    checker, backend = checker_for(server, **{flag: "true", "health.auth": CREDENTIALS})
+    try:
+        result = checker.probe(backend)
+    finally:
+        checker.close()
+    assert result == (False, f"storage unavailable: ZEO 127.0.0.1:{port} "
+                             "(connection refused); ZEO disconnected")
 
 
 @pytest.mark.parametrize("flag", ["health.storage", "health.zeo"])

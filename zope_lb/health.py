@@ -97,12 +97,17 @@ def storage_reason(name: StorageName, cause: str | None, detail: str) -> str:
 
 
 def tcp_cause(servers: Iterable[tuple[str, int]], timeout: float) -> str | None:
-    """None when one of ``servers`` accepts a TCP connection, else why not.
-    Nothing is sent: PostgreSQL logs nothing for a connection without data."""
+    """None when one of ``servers`` accepts a TCP connection, else why not;
+    all of them within ``timeout``.  Nothing is sent: PostgreSQL logs nothing
+    for a connection without data."""
     cause = "no address"
+    deadline = time.monotonic() + timeout
     for host, port in servers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"no answer from here in {timeout:g} s"
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=left).close()
             return None
         except ConnectionRefusedError:
             cause = "connection refused"
@@ -272,6 +277,7 @@ class HealthChecker:
             # page is read again only after a failure (it may have been reconfigured).
             if known is None or not known.relstorage or backend in self._failing:
                 return self.zeo_check(backend, pool, detail)
+            return passed, f"{detail}; {known.text}"
         return passed, detail
 
     @property
@@ -314,7 +320,7 @@ class HealthChecker:
         if named is not None:
             self._storage[backend] = named
         if found is not None and found[1] is False:
-            return False, "ZEO disconnected"
+            return self._failed(backend, "ZEO disconnected")
         if named is not None and named.relstorage:
             return True, f"{detail}; {named.text}"
         return True, f"{detail}; ZEO connected" if found and found[1] else detail
