@@ -11,7 +11,11 @@ The Enfold guide's two checks, automated:
      ``127.0.0.1:8100`` are one server); a name that does not resolve is
      compared as text and named in the report.  Still weak: the name is
      what each client calls its ZEO server, so ``localhost:8100`` on two
-     machines can be two servers;
+     machines can be two servers.  A RelStorage client shows its adapter
+     (``RelStorage: <PostgreSQLAdapter at 7f.. ...,dsn="dbname='zodb'
+     host='db' port='5432'">``, MySQL and Oracle alike), whose text differs
+     per process: the database's kind, resolved address and name are
+     compared instead (:func:`relstorage_database`);
    - the newest transaction on ``manage_UndoForm`` is the same everywhere.
      Two storages do not share transaction ids, so this catches the
      ``localhost`` trap;
