@@ -250,6 +250,19 @@ def test_a_disconnected_zeo_client_names_its_server(scripted, flag):
                              "(connection refused); ZEO disconnected")
 
 
+def test_a_client_that_is_gone_is_not_blamed_on_its_storage(scripted):
+    server = scripted(failing_relstorage_client(pg_location(closed_port())))
+    checker, backend = checker_for(server, **{"health.storage": "true",
+                                              "health.auth": CREDENTIALS})
+    try:
+        assert checker.probe(backend)[0]  # its database is known now
+        server.stop()  # the Zope client stops; its port refuses
+        passed, detail = checker.probe(backend)
+    finally:
+        checker.close()
+    assert not passed and "storage" not in detail, detail
+
+
 @pytest.mark.parametrize("flag", ["health.storage", "health.zeo"])
 def test_health_storage_needs_health_auth(flag):
     with pytest.raises(ConfigError, match=f"{flag}.*needs health.auth"):

@@ -48,7 +48,7 @@ import urllib3
 from urllib3 import HTTPConnectionPool, Timeout
 
 from .backend import Backend, State
-from .errors import BackendTimeout, UpstreamError
+from .errors import BackendConnectError, BackendTimeout, UpstreamError
 from .proxy import translate_errors
 from .settings import Settings
 from .verify import parse_database_location, relstorage_database, zeo_servers
@@ -265,6 +265,8 @@ class HealthChecker:
                         response.release_conn()
         except BackendTimeout:
             return self._failed(backend, f"timeout after {settings.health_timeout:g} s")
+        except BackendConnectError as exc:  # the client itself is gone: not its storage
+            return False, exc.reason
         except UpstreamError as exc:
             return self._failed(backend, exc.reason)
         passed, detail = probe_verdict(response.status, settings.health_expect)
