@@ -251,7 +251,14 @@ def test_a_disconnected_zeo_client_names_its_server(scripted, flag):
 
 
 def test_a_client_that_is_gone_is_not_blamed_on_its_storage(scripted):
-    server = scripted(failing_relstorage_client(pg_location(closed_port())))
+    page = db_page(pg_location(closed_port()))
+
+    def closing(body: bytes) -> bytes:  # no idle keep-alive left for stop() to wait on
+        return (f"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    server = scripted(lambda head, i: closing(page)
+                      if request_line(head).split()[1] == ZEO_PAGE.encode()
+                      else closing(b"ok"), close_after=True)
     checker, backend = checker_for(server, **{"health.storage": "true",
                                               "health.auth": CREDENTIALS})
     try:
