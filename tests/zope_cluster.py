@@ -17,6 +17,10 @@ a bounded wait, SIGKILL) in ``ZopeCluster.stop``, which the fixture calls
 even when start-up failed.  On Linux the children also get SIGKILL if the
 test process dies without cleaning up.
 
+:class:`RelStorageCluster` does the same for clients on RelStorage: they
+share one PostgreSQL database (tests/postgres.py starts the server); the
+first client creates RelStorage's schema and the root objects, alone.
+
 For the failure tests, a cluster can be hurt and healed: ``restart`` starts
 a stopped client again on its old port, ``stop_zeo``/``start_zeo`` take the
 ZEO server away and bring it back on the same port with the same Data.fs,
@@ -39,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +56,14 @@ USER, PASSWORD = "admin", "secret"
 def zope_installed() -> bool:
     """True when Zope's and ZEO's scripts are in this venv (the ``zope`` extra)."""
     return all((BIN / name).exists() for name in ("mkwsgiinstance", "runwsgi", "runzeo"))
+
+
+def relstorage_installed() -> bool:
+    """True when RelStorage and psycopg2 are importable here (the ``zope`` extra)."""
+    import importlib.util
+
+    return zope_installed() and all(importlib.util.find_spec(name) is not None
+                                    for name in ("relstorage", "psycopg2"))
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -173,6 +186,40 @@ ZEO_CLIENT = """<zodb_db main>
 </zodb_db>"""
 
 
+RELSTORAGE_CLIENT = """%import relstorage
+<zodb_db main>
+  mount-point /
+  <relstorage>
+    <postgresql>
+      dsn {dsn}
+    </postgresql>
+  </relstorage>
+</zodb_db>"""
+
+
+def make_instance(base: Path, name: str, zodb_db: str | None) -> Path:
+    """``mkwsgiinstance`` in ``base/name``, listening on 127.0.0.1 port 0, its
+    ``<zodb_db main>`` replaced by ``zodb_db`` (None: its own FileStorage).
+    Returns the zope.ini to run."""
+    home = base / name
+    subprocess.run(
+        [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
+        check=True, capture_output=True, timeout=60,
+    )
+    if zodb_db is not None:
+        conf = home / "etc" / "zope.conf"
+        text, count = re.subn(r"<zodb_db main>.*?</zodb_db>", lambda _: zodb_db,
+                              conf.read_text(), count=1, flags=re.S)
+        assert count == 1, "mkwsgiinstance's zope.conf has no <zodb_db main>"
+        conf.write_text(text)
+    ini = home / "etc" / "zope.ini"
+    text, count = re.subn(r"(?m)^host = .*\nport = .*$", "listen = 127.0.0.1:0",
+                          ini.read_text())
+    assert count == 1, "mkwsgiinstance's zope.ini has no host/port lines"
+    ini.write_text(text)
+    return ini
+
+
 @dataclass
 class ZopeCluster:
     """A ZEO server, Zope clients sharing it, and clients with their own storage."""
@@ -233,25 +280,11 @@ class ZopeCluster:
 
     def _client(self, name: str, shared: bool, zeo_host: str | None = None) -> Server:
         home = self.base / name
-        subprocess.run(
-            [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
-            check=True, capture_output=True, timeout=60,
-        )
+        zodb_db = None
         if shared:
             assert self.zeo is not None
-            conf = home / "etc" / "zope.conf"
-            text = conf.read_text()
-            text, count = re.subn(r"<zodb_db main>.*?</zodb_db>",
-                                  ZEO_CLIENT.format(server=f"{zeo_host or '127.0.0.1'}:"
-                                                    f"{self.zeo.port}"), text,
-                                  count=1, flags=re.S)
-            assert count == 1, "mkwsgiinstance's zope.conf has no <zodb_db main>"
-            conf.write_text(text)
-        ini = home / "etc" / "zope.ini"
-        text, count = re.subn(r"(?m)^host = .*\nport = .*$", "listen = 127.0.0.1:0",
-                              ini.read_text())
-        assert count == 1, "mkwsgiinstance's zope.ini has no host/port lines"
-        ini.write_text(text)
+            zodb_db = ZEO_CLIENT.format(server=f"{zeo_host or '127.0.0.1'}:{self.zeo.port}")
+        ini = make_instance(self.base, name, zodb_db)
         server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
                         home)
         group = self.extras if zeo_host else self.clients if shared else self.loners
@@ -390,3 +423,52 @@ def zope_cluster(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("Zope and ZEO are not installed: pip install -e '.[zope]'")
     with running_cluster(tmp_path_factory.mktemp("zope")) as cluster:
         yield cluster
+
+
+@dataclass
+class RelStorageCluster:
+    """Zope clients on RelStorage in one PostgreSQL server (``dsn(dbname, host)``
+    makes each client's DSN), and clients with a storage of their own."""
+
+    base: Path
+    dsn: Any  # (dbname, host) -> a libpq DSN, e.g. Postgres.dsn
+    clients: list[Server] = field(default_factory=list)  # sharing database 'zodb'
+    others: list[Server] = field(default_factory=list)  # on their own storage
+
+    @property
+    def addresses(self) -> list[str]:
+        return [c.address for c in self.clients]
+
+    def start(self, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+              own_storage: int = 1, other_database: str = "") -> RelStorageCluster:
+        """One shared client per entry of ``hosts`` (the name its DSN gives the
+        server), ``own_storage`` clients on a FileStorage, and one on
+        ``other_database`` when given.  The first shared client starts alone
+        (it creates the schema and the root objects), the rest together."""
+        deadline = time.monotonic() + START_TIMEOUT
+        first = self._client("rs0", self.dsn("zodb", hosts[0]), self.clients)
+        others = [self._client(f"own{i}", None, self.others) for i in range(own_storage)]
+        if other_database:
+            others.append(self._client("rsother", self.dsn(other_database, hosts[0]),
+                                       self.others))
+        _wait_for_port(first, r"Serving on http://127\.0\.0\.1:(\d+)", deadline)
+        _wait_for_http(first, deadline)
+        rest = [self._client(f"rs{i}", self.dsn("zodb", host), self.clients)
+                for i, host in enumerate(hosts[1:], start=1)]
+        for server in [*others, *rest]:
+            _wait_for_port(server, r"Serving on http://127\.0\.0\.1:(\d+)", deadline)
+            _wait_for_http(server, deadline)
+        return self
+
+    def _client(self, name: str, dsn: str | None, group: list[Server]) -> Server:
+        zodb_db = None if dsn is None else RELSTORAGE_CLIENT.format(dsn=dsn)
+        ini = make_instance(self.base, name, zodb_db)
+        server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
+                        self.base / name)
+        group.append(server)  # stop() finds it
+        return server
+
+    def stop(self) -> None:
+        """Every client by PID, each wait bounded."""
+        for server in [*self.clients, *self.others]:
+            server.stop()

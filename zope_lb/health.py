@@ -16,6 +16,18 @@ pool, so a probe neither waits for nor takes one of the backend's slots. A
 probe that does not answer within ``health.timeout`` fails: a Zope client
 whose ZEO server is gone may hang rather than fail.
 
+With ``health.storage`` (old name ``health.zeo``) a probe that passed also
+reads the client's Control Panel (as a Manager, ``health.auth``): a ZEO
+client that says ``(disconnected)`` fails, and the checker remembers which
+storage each client named.  A RelStorage client needs no such page to fail:
+it asks its database at the start of every request, so with PostgreSQL
+stopped even ``GET /`` answers 500 at once, and with PostgreSQL hung it
+hangs (the probe times out).  When a probe fails, the remembered storage is
+named in the reason, and the checker tries a bare TCP connect to it (no
+byte sent, bounded by ``health.timeout``): ``connection refused`` there
+says ``storage unavailable``; anything else only names the storage, since
+the balancer may not be on the database's network at all.
+
 ``close()`` stops the thread and the executor within a bounded time; the
 balancer calls it from ``LoadBalancer.close()`` and at interpreter exit.
 """
@@ -24,20 +36,22 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 from urllib3 import HTTPConnectionPool, Timeout
 
 from .backend import Backend, State
-from .errors import BackendTimeout, UpstreamError
+from .errors import BackendConnectError, BackendTimeout, UpstreamError
 from .proxy import translate_errors
 from .settings import Settings
-from .verify import parse_database_location
+from .verify import parse_database_location, relstorage_database, zeo_servers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,63 @@ PROBE_BODY_LIMIT = 64 * 1024
 MAX_PROBE_WORKERS = 8
 #: Where a Zope client shows its storage and whether ZEO is connected (Manager only).
 ZEO_PAGE = "/Control_Panel/Database/main/manage_main"
+
+
+@dataclass(frozen=True)
+class StorageName:
+    """The storage a client's Control Panel named: for reasons, and where to
+    try a TCP connect when the client fails."""
+
+    text: str  # 'ZEO 127.0.0.1:8100', 'PostgreSQL 127.0.0.1:5432/zodb'
+    servers: tuple[tuple[str, int], ...]
+    relstorage: bool
+
+
+def storage_name(location: str) -> StorageName | None:
+    """What a Database Location names, if it is a ZEO server or a RelStorage
+    database (pure); a FileStorage or an unknown storage is None."""
+    servers = zeo_servers(location)
+    if servers:
+        shown = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers)
+        return StorageName(f"ZEO {shown}", servers, relstorage=False)
+    database = relstorage_database(location)
+    if database is not None:
+        return StorageName(database.describe(), database.servers, relstorage=True)
+    return None
+
+
+def storage_reason(name: StorageName, cause: str | None, detail: str) -> str:
+    """A failed probe's reason naming the storage (pure): ``cause`` is what a
+    TCP connect to the storage got, None when it connected."""
+    if cause == "connection refused":
+        return f"storage unavailable: {name.text} ({cause}); {detail}"
+    if cause is None:
+        return f"{detail}; storage {name.text}"
+    return f"{detail}; storage {name.text} ({cause})"
+
+
+def tcp_cause(servers: Iterable[tuple[str, int]], timeout: float) -> str | None:
+    """None when one of ``servers`` accepts a TCP connection, else why not;
+    all of them within ``timeout``.  Nothing is sent: PostgreSQL logs nothing
+    for a connection without data."""
+    cause = "no address"
+    deadline = time.monotonic() + timeout
+    for host, port in servers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"no answer from here in {timeout:g} s"
+        try:
+            socket.create_connection((host, port), timeout=left).close()
+            return None
+        except ConnectionRefusedError:
+            cause = "connection refused"
+        except TimeoutError:
+            cause = f"no answer from here in {timeout:g} s"
+        except socket.gaierror:
+            cause = f"{host} does not resolve here"
+        except OSError as exc:
+            cause = exc.strerror or type(exc).__name__
+    return cause
 
 
 def probe_verdict(status: int, expect: frozenset[int]) -> tuple[bool, str]:
@@ -76,6 +147,8 @@ class HealthChecker:
         self._due: dict[Backend, float] = {}
         self._probe_pools: dict[Backend, Any] = {}
         self._auth_warned: set[Backend] = set()
+        self._storage: dict[Backend, StorageName] = {}  # what each Control Panel named
+        self._failing: set[Backend] = set()  # its last probe failed
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(
             max_workers=MAX_PROBE_WORKERS, thread_name_prefix="zope_lb-probe"
@@ -144,6 +217,8 @@ class HealthChecker:
         live = set(backends)
         for backend in [b for b in self._due if b not in live]:
             del self._due[backend]
+            self._storage.pop(backend, None)
+            self._failing.discard(backend)
             pool = self._probe_pools.pop(backend, None)
             if pool is not None:
                 pool.close()
@@ -152,6 +227,14 @@ class HealthChecker:
 
     def probe(self, backend: Backend) -> tuple[bool, str]:
         """Probe ``backend`` once: (passed, detail)."""
+        passed, detail = self._probe(backend)
+        if passed:
+            self._failing.discard(backend)
+        else:
+            self._failing.add(backend)
+        return passed, detail
+
+    def _probe(self, backend: Backend) -> tuple[bool, str]:
         settings = self.settings
         pool = self._probe_pools.get(backend)
         if pool is None:
@@ -181,14 +264,35 @@ class HealthChecker:
                         response.close()
                         response.release_conn()
         except BackendTimeout:
-            return False, f"timeout after {settings.health_timeout:g} s"
-        except UpstreamError as exc:
+            return self._failed(backend, f"timeout after {settings.health_timeout:g} s")
+        except BackendConnectError as exc:  # the client itself is gone: not its storage
             return False, exc.reason
+        except UpstreamError as exc:
+            return self._failed(backend, exc.reason)
         passed, detail = probe_verdict(response.status, settings.health_expect)
         detail = f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
-        if passed and settings.health_zeo:
-            return self.zeo_check(backend, pool, detail)
+        if not passed:
+            return self._failed(backend, detail)
+        if self._storage_checked:
+            known = self._storage.get(backend)
+            # A RelStorage client that answered has just asked its database: its
+            # page is read again only after a failure (it may have been reconfigured).
+            if known is None or not known.relstorage or backend in self._failing:
+                return self.zeo_check(backend, pool, detail)
+            return passed, f"{detail}; {known.text}"
         return passed, detail
+
+    @property
+    def _storage_checked(self) -> bool:
+        return self.settings.health_storage or self.settings.health_zeo
+
+    def _failed(self, backend: Backend, detail: str) -> tuple[bool, str]:
+        """A failed probe; with ``health.storage``, its reason names the storage."""
+        known = self._storage.get(backend) if self._storage_checked else None
+        if known is None:
+            return False, detail
+        cause = tcp_cause(known.servers, self.settings.health_timeout)
+        return False, storage_reason(known, cause, detail)
 
     def zeo_check(self, backend: Backend, pool: Any, detail: str) -> tuple[bool, str]:
         """A Zope client that lost its ZEO server still answers ``GET /`` at once
@@ -207,11 +311,18 @@ class HealthChecker:
         if response.status in (401, 403):
             if backend not in self._auth_warned:
                 self._auth_warned.add(backend)
-                log.warning("health.zeo: %s (%s) refused health.auth (status %d); "
-                            "the ZEO check is skipped for it", backend.id, backend.address,
+                log.warning("health.storage: %s (%s) refused health.auth (status %d); "
+                            "the storage check is skipped for it", backend.id, backend.address,
                             response.status)
             return True, detail
+        if response.status >= 500:  # a RelStorage client whose database just went away
+            return self._failed(backend, f"storage check: status {response.status}")
         found = parse_database_location(response.data.decode("utf-8", "replace"))
+        named = storage_name(found[0]) if found is not None else None
+        if named is not None:
+            self._storage[backend] = named
         if found is not None and found[1] is False:
-            return False, "ZEO disconnected"
+            return self._failed(backend, "ZEO disconnected")
+        if named is not None and named.relstorage:
+            return True, f"{detail}; {named.text}"
         return True, f"{detail}; ZEO connected" if found and found[1] else detail

@@ -742,12 +742,15 @@ OPTIONS: tuple[Option, ...] = (
            "Probes in a row (1-100) that must pass before a down backend is up again."),
     Option("health.fall", as_checks, 3,
            "Probes in a row (1-100) that must fail before an up backend is down."),
+    Option("health.storage", as_bool, False,
+           "Also read each client's Control Panel: take it out when its ZEO connection "
+           "is `(disconnected)`, and name its ZEO server or RelStorage database in the "
+           "reason when a probe fails. Needs `health.auth`.", "false"),
     Option("health.zeo", as_bool, False,
-           "Also read each client's Control Panel and take it out when its ZEO "
-           "connection is `(disconnected)`: a plain probe cannot see that. Needs "
-           "`health.auth`.", "false"),
+           "The old name of `health.storage` (the same behaviour).", "false"),
     Option("health.auth", as_credentials, "",
-           "`user:password` of a Zope Manager, for `health.zeo`.", "(none)", secret=True),
+           "`user:password` of a Zope Manager, for `health.storage`.", "(none)",
+           secret=True),
     Option("health.endpoint", as_path, "/__zope_lb__/health",
            "Where the balancer answers its own health as JSON (200 while a backend "
            "is up, 503 when none is), for the monitor that watches it; which backends "
@@ -874,7 +877,8 @@ class Settings:
     health_expect: frozenset[int] = frozenset(range(200, 400))
     health_rise: int = 2
     health_fall: int = 3
-    health_zeo: bool = False
+    health_storage: bool = False
+    health_zeo: bool = False  # the old name of health_storage: either turns it on
     health_auth: str = ""
     health_endpoint: str = "/__zope_lb__/health"
     slowstart: float = 0.0
@@ -941,9 +945,10 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
         for name, fields in pool_values.items()
     )
     settings = Settings(**chosen)
-    if settings.health_zeo and not settings.health_auth:
-        raise ConfigError("health.zeo", "true",
-                          "needs health.auth = user:password of a Zope Manager")
+    for flag in ("health_storage", "health_zeo"):
+        if getattr(settings, flag) and not settings.health_auth:
+            raise ConfigError(flag.replace("_", "."), "true",
+                              "needs health.auth = user:password of a Zope Manager")
     if settings.vhm_prefix and not (settings.vhm_root or settings.vhm_base):
         raise ConfigError("vhm.prefix", settings.vhm_prefix,
                           "needs vhm.root or vhm.base: without them no VHM path is built")

@@ -11,7 +11,11 @@ The Enfold guide's two checks, automated:
      ``127.0.0.1:8100`` are one server); a name that does not resolve is
      compared as text and named in the report.  Still weak: the name is
      what each client calls its ZEO server, so ``localhost:8100`` on two
-     machines can be two servers;
+     machines can be two servers.  A RelStorage client shows its adapter
+     (``RelStorage: <PostgreSQLAdapter at 7f.. ...,dsn="dbname='zodb'
+     host='db' port='5432'">``, MySQL and Oracle alike), whose text differs
+     per process: the database's kind, resolved address and name are
+     compared instead (:func:`relstorage_database`);
    - the newest transaction on ``manage_UndoForm`` is the same everywhere.
      Two storages do not share transaction ids, so this catches the
      ``localhost`` trap;
@@ -67,7 +71,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Check", "ClientReport", "Probe", "Report", "Transaction",
     "add_arguments", "judge", "parse_database_location", "parse_transactions",
-    "read_ini_backends", "render_table", "resolve", "run", "verify_cluster", "zeo_servers",
+    "Database", "read_ini_backends", "relstorage_database", "render_table", "resolve", "run",
+    "verify_cluster", "zeo_servers",
 ]
 
 DB_PATH = "/Control_Panel/Database/main/manage_main"
@@ -108,8 +113,10 @@ class Probe:
     location: str | None = None  # Database Location, without '(connected)'
     connected: bool | None = None  # None: not a ZEO client (no such suffix)
     transactions: tuple[Transaction, ...] = ()
-    servers: tuple[str, ...] = ()  # the ZEO server's addresses, resolved: 'ip:port'
-    unresolved: tuple[str, ...] = ()  # ZEO 'host:port' whose host did not resolve
+    servers: tuple[str, ...] = ()  # the ZEO or SQL server's addresses, resolved: 'ip:port'
+    unresolved: tuple[str, ...] = ()  # 'host:port' whose host did not resolve (or a socket)
+    database: str | None = None  # RelStorage: 'PostgreSQL host:port/dbname' as named
+    db_name: str = ""  # RelStorage: 'PostgreSQL zodb', the kind and the database's name
     storage_error: str | None = None  # why the storage pages could not be read
     write_seen: bool | None = None  # None: not tried here
     write_ms: float | None = None  # how long until the object was seen
@@ -186,7 +193,9 @@ class Report:
                 "error": p.error,
                 "location": p.location,
                 "connected": p.connected,
-                "zeo_servers": list(p.servers),
+                "zeo_servers": [] if p.database else list(p.servers),
+                "database": p.database,
+                "database_servers": list(p.servers) if p.database else [],
                 "unresolved": list(p.unresolved),
                 "last_transaction": None if last is None else asdict(last),
                 "write_seen": p.write_seen,
@@ -324,6 +333,129 @@ def zeo_servers(location: str) -> tuple[tuple[str, int], ...] | None:
     return tuple(pairs)
 
 
+@dataclass(frozen=True)
+class Database:
+    """The SQL database a RelStorage client names on its Control Panel."""
+
+    kind: str  # PostgreSQL, MySQL, Oracle
+    servers: tuple[tuple[str, int], ...]  # (host, port); empty for a local socket
+    name: str  # the database (Oracle: the service or SID)
+    local: str = ""  # a unix socket or TNS alias: not a network address
+
+    def describe(self) -> str:
+        """``PostgreSQL 127.0.0.1:5432/zodb``, as health reasons and reports name it."""
+        where = ",".join(_host_port(h, p) for h, p in self.servers) or self.local
+        return f"{self.kind} {where}/{self.name}"
+
+
+_RELSTORAGE = re.compile(r"RelStorage: <?(\w+?)Adapter\b(.*?)>?", re.S)
+_KEYWORD = re.compile(r"""(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
+_REPR_FIELD = re.compile(r"""(\w+)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[-\w.]+)""")
+_DEFAULT_PORTS = {"PostgreSQL": 5432, "MySQL": 3306, "Oracle": 1521}
+
+
+def _literal(text: str) -> str:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return str(value)
+
+
+def _libpq(dsn: str) -> dict[str, str]:
+    """A libpq connection string, keyword form or URI, as a dict (no password)."""
+    from urllib.parse import unquote, urlsplit
+
+    if dsn.startswith(("postgresql://", "postgres://")):
+        url = urlsplit(dsn)
+        found = {"host": unquote(url.netloc.rsplit("@", 1)[-1]),
+                 "dbname": unquote(url.path.lstrip("/"))}
+        for pair in url.query.split("&"):
+            key, _, value = pair.partition("=")
+            if key:
+                found[key] = unquote(value)
+        hosts, ports = [], []
+        for item in found.pop("host").split(","):
+            match = re.fullmatch(r"(\[[^]]*\]|[^:]*)(?::(\d+))?", item)
+            if match and match[1]:
+                hosts.append(match[1].strip("[]"))
+                ports.append(match[2] or "")
+        if hosts:
+            found.setdefault("host", ",".join(hosts))
+        if any(ports) and "port" not in found:
+            found["port"] = ",".join(ports)
+        return found
+    return {key: re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith("'") else value
+            for key, value in _KEYWORD.findall(dsn)}
+
+
+def _pairs(hosts: str, ports: str, default: int) -> tuple[tuple[str, int], ...] | None:
+    """libpq's comma lists: one port for every host, or one per host."""
+    names = [h.strip() for h in hosts.split(",")]
+    numbers = [p.strip() for p in ports.split(",")] if ports else [""]
+    if len(numbers) == 1:
+        numbers *= len(names)
+    if len(numbers) != len(names):
+        return None
+    pairs = []
+    for name, number in zip(names, numbers, strict=True):
+        if number and not (number.isdigit() and 0 < int(number) < 65536):
+            return None
+        pairs.append((name, int(number) if number else default))
+    return tuple(pairs)
+
+
+def relstorage_database(location: str) -> Database | None:
+    """The database a RelStorage Database Location names, else None.
+
+    RelStorage shows its adapter: PostgreSQL as ``RelStorage: <PostgreSQLAdapter
+    at 7f.. history preserving,dsn="dbname='zodb' host='db' port='5432'">`` (the
+    address is the process's own, so the text differs between clients); MySQL
+    as ``RelStorage: MySQLAdapter, history preserving, db='zodb', host='db',
+    port=3306``; Oracle as ``RelStorage: OracleAdapter, ..., dsn='db:1521/XE'``.
+    Passwords are never shown.  A ``<relstorage>`` with a ``name`` of its own
+    shows that name instead: it is compared as text.
+    """
+    match = _RELSTORAGE.fullmatch(location.strip())
+    if match is None or len(location) > 4000:
+        return None
+    kind, rest = match[1], match[2]
+    fields = {key: _literal(value) for key, value in _REPR_FIELD.findall(rest)}
+    default = _DEFAULT_PORTS.get(kind, 0)
+    if kind == "PostgreSQL":
+        keywords = _libpq(fields.get("dsn", ""))
+        host = keywords.get("hostaddr") or keywords.get("host") or ""
+        name = keywords.get("dbname") or keywords.get("user") or ""
+        if not host or host.startswith("/") or host.startswith("@"):
+            return Database(kind, (), name, local=f"unix:{host or '(default socket)'}")
+        pairs = _pairs(host, keywords.get("port", ""), default)
+        return None if pairs is None else Database(kind, pairs, name)
+    if kind == "MySQL":
+        name = fields.get("db") or fields.get("database") or ""
+        if "unix_socket" in fields:
+            return Database(kind, (), name, local=f"unix:{fields['unix_socket']}")
+        host = fields.get("host", "localhost")
+        port = fields.get("port", str(default))
+        if not port.isdigit():
+            return None
+        return Database(kind, ((host, int(port)),), name)
+    if kind == "Oracle":
+        dsn = fields.get("dsn", "")
+        tns_host = re.search(r"(?i)\(HOST\s*=\s*([^)\s]+)\)", dsn)
+        if tns_host:
+            tns_port = re.search(r"(?i)\(PORT\s*=\s*(\d+)\)", dsn)
+            service = re.search(r"(?i)\((?:SERVICE_NAME|SID)\s*=\s*([^)\s]+)\)", dsn)
+            return Database(kind, ((tns_host[1], int(tns_port[1]) if tns_port else default),),
+                            service[1] if service else "")
+        easy = re.fullmatch(r"(?://)?(\[[^]]+\]|[\w.-]+)(?::(\d+))?(?:/([\w.$-]+))?(?::\w+)?",
+                            dsn)
+        if easy and (easy[2] or easy[3]):
+            return Database(kind, ((easy[1].strip("[]"), int(easy[2] or default)),),
+                            easy[3] or "")
+        return Database(kind, (), "", local=f"tns:{dsn}")  # a tnsnames.ora alias
+    return None
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -349,7 +481,11 @@ def resolve(servers: Sequence[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[
 
 def _storage_keys(p: Probe) -> frozenset[str]:
     """What identifies the storage: the resolved ZEO addresses (a name that did
-    not resolve by its text), else the Database Location as it is written."""
+    not resolve by its text); for RelStorage the database's kind and name on
+    each resolved address; else the Database Location as it is written."""
+    if p.db_name:
+        where = {*p.servers, *(f"name {n}" for n in p.unresolved)}
+        return frozenset(f"{p.db_name} at {w}" for w in where)
     if p.servers or p.unresolved:
         return frozenset(p.servers) | frozenset(f"name {n}" for n in p.unresolved)
     return frozenset({f"location {p.location}"})
@@ -391,7 +527,8 @@ def _check_location(p: Probe, ref: Probe | None, several: bool) -> Check:
         return Check("location", FAIL,
                      f"{p.location} is a FileStorage, which only one process can open: "
                      "this client has a storage of its own; point its zope.conf at "
-                     "the ZEO server with a <zeoclient> section")
+                     "the ZEO server with a <zeoclient> section (or at the shared "
+                     "database with a <relstorage> section)")
     shown = p.location + (" (connected)" if p.connected else "")
     if ref is None or ref is p:
         return Check("location", PASS, shown)
@@ -400,8 +537,14 @@ def _check_location(p: Probe, ref: Probe | None, several: bool) -> Check:
         hint = (f"; {', '.join(names)} does not resolve here, so it was compared as "
                 "text: the transaction and write checks tell" if names else "")
         return Check("location", FAIL,
-                     f"{p.location!r}{_resolved(p)} differs from {ref.location!r}"
+                     f"{_named(p)!r}{_resolved(p)} differs from {_named(ref)!r}"
                      f"{_resolved(ref)} on {ref.address}{hint}")
+    if p.database:
+        common = sorted(_storage_keys(p) & _storage_keys(ref))
+        same = "" if p.database == ref.database else f" as {ref.database} on {ref.address}"
+        return Check("location", PASS,
+                     f"{p.database}: the same database{same} "
+                     f"({', '.join(k.split(' at ', 1)[1].removeprefix('name ') for k in common)})")
     if p.location != ref.location:
         common = sorted(_storage_keys(p) & _storage_keys(ref))
         return Check("location", PASS,
@@ -410,9 +553,16 @@ def _check_location(p: Probe, ref: Probe | None, several: bool) -> Check:
     return Check("location", PASS, shown)
 
 
+def _named(p: Probe) -> str:
+    """How a failure names a storage: the database for RelStorage (its Location
+    holds the adapter's memory address), else the Location as written."""
+    return p.database or p.location or ""
+
+
 def _resolved(p: Probe) -> str:
     """`` (resolves to ...)`` when the name is not its own address."""
-    named = zeo_servers(p.location or "") or ()
+    database = relstorage_database(p.location or "") if p.database else None
+    named = database.servers if database else zeo_servers(p.location or "") or ()
     if not p.servers or set(p.servers) == {_host_port(h, port) for h, port in named}:
         return ""
     return f" (resolves to {', '.join(p.servers)})"
@@ -477,16 +627,20 @@ def judge(probes: Sequence[Probe], storage_checked: bool, write_checked: bool,
     elif not write_checked:
         notes.append("write check skipped: add --write-check to write a test object "
                      "through one client and read it back through the others")
-    unresolved = sorted({n for p in reachable for n in p.unresolved})
+    unresolved = sorted({n for p in reachable if not p.database for n in p.unresolved})
     if storage_checked and unresolved:
         notes.append(f"ZEO server {', '.join(unresolved)} does not resolve here: "
                      "compared as text")
+    unresolved = sorted({n for p in reachable if p.database for n in p.unresolved})
+    if storage_checked and unresolved:
+        notes.append(f"database server {', '.join(unresolved)} is a local socket or "
+                     "does not resolve here: compared as text")
     locations = {p.location for p in reachable if p.location}
     if (storage_checked and len(_hosts([p.address for p in probes])) > 1
             and any(name in loc for loc in locations for name in _LOCAL_NAMES)):
-        notes.append("the clients are on different hosts but name their ZEO server "
-                     "as localhost: the same Database Location may be two servers; "
-                     "the transaction and write checks tell")
+        notes.append("the clients are on different hosts but name their ZEO or "
+                     "database server as localhost: the same Database Location may be "
+                     "two servers; the transaction and write checks tell")
 
     clients = []
     for p in probes:
@@ -531,7 +685,7 @@ def _row_values(c: ClientReport) -> list[str]:
         location = "?"
     else:
         suffix = {True: " (connected)", False: " (disconnected)", None: ""}[p.connected]
-        location = p.location + suffix
+        location = (p.database or p.location) + suffix
     if by_name["transaction"].outcome == SKIP and not p.transactions:
         last = "(skipped)"
     elif p.transactions:
@@ -654,9 +808,17 @@ def probe(client: _Client, headers: dict[str, str] | None) -> Probe:
             return replace(result, storage_error=f"no Database Location on {DB_PATH}")
         result = replace(result, location=found[0], connected=found[1])
         servers = zeo_servers(found[0])
+        database = None if servers else relstorage_database(found[0])
         if servers:
             resolved, unresolved = resolve(servers)
             result = replace(result, servers=resolved, unresolved=unresolved)
+        elif database is not None:
+            resolved, unresolved = resolve(database.servers)
+            if database.local:
+                unresolved += (database.local,)
+            result = replace(result, servers=resolved, unresolved=unresolved,
+                             database=database.describe(),
+                             db_name=f"{database.kind} {database.name}")
         status, page, _ = _request(client, "GET", UNDO_PATH, headers)
         if status != 200:
             return replace(result, storage_error=_refused(status, UNDO_PATH))
