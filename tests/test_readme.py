@@ -98,11 +98,6 @@ def ini_block(after_heading: str) -> str:
     return re.search(r"```ini\n(.*?)```", text, re.S).group(1)
 
 
-# Options the production ini uses that other branches add (server: shutdown.timeout,
-# timeout.request, timeout.client; accesslog: access_log). Once merged, every key is
-# known and this set no longer matters; the test then checks them all.
-NOT_YET_MERGED = {"shutdown.timeout", "timeout.request", "timeout.client", "access_log"}
-
 
 def test_the_production_ini_is_valid(tmp_path):
     import configparser
@@ -116,9 +111,8 @@ def test_the_production_ini_is_valid(tmp_path):
     parser.read_string(text)
     app = {k: v for k, v in parser["app:main"].items() if k != "use"}
     assert parser["app:main"]["use"] == "egg:zope_lb"
-    unknown = {k for k in app if k not in _BY_NAME}
-    assert unknown <= NOT_YET_MERGED, f"not options: {unknown - NOT_YET_MERGED}"
-    settings = parse_settings({k: v for k, v in app.items() if k not in unknown})
+    assert [k for k in app if k not in _BY_NAME] == []
+    settings = parse_settings(app)
     assert [b.id for b in settings.backends] == ["client1", "client2", "client3", "spare"]
     assert settings.vhm_root == "/Plone"
     assert len(settings.forwarded_trusted) == 2
@@ -245,3 +239,42 @@ def test_the_production_examples_agree_on_their_timeouts():
     idle = float(re.search(r"keepalive_timeout (\d+)s;", nginx).group(1))
     assert idle < float(ini["timeout.request"])
     assert "docker stop -t 40" in text and "TimeoutStopSec=40" in text
+
+
+def ini_blocks(section_heading: str) -> list[str]:
+    """Every ```ini block of a ``## `` section (up to the next ``## `` heading)."""
+    text = read().split(section_heading + "\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```ini\n(.*?)```", text, re.S)
+
+
+def test_the_container_examples_are_valid_resolve_lines():
+    """Each backend line of *Containers* parses as a ``resolve`` line (no DNS is
+    asked: parsing never looks a name up), and the Compose ini is a whole valid
+    [app:main] whose front proxy's network is trusted."""
+    import configparser
+    import ipaddress
+
+    from waitress.adjustments import Adjustments
+
+    from zope_lb.settings import _BY_NAME, parse_settings
+
+    blocks = ini_blocks("## Containers")
+    assert len(blocks) >= 4
+    kinds = []
+    for block in blocks:
+        parser = configparser.ConfigParser(strict=True)
+        parser.read_string(block if "[app:main]" in block else "[app:main]\n" + block)
+        app = {k: v for k, v in parser["app:main"].items() if k != "use"}
+        assert [k for k in app if k not in _BY_NAME] == []
+        settings = parse_settings(app)
+        kinds += [b.resolve for b in settings.backends]
+        if "[server:main]" in block:
+            assert parser["app:main"]["use"] == "egg:zope_lb"
+            assert Adjustments(**{k: v for k, v in parser["server:main"].items()
+                                  if k != "use"}).threads == 64
+            compose = read().split("# compose.yaml\nservices:\n  zeo:", 1)[1]
+            subnet = re.search(r"subnet: ([\d./]+)", compose).group(1)
+            assert ipaddress.ip_network(subnet) in settings.forwarded_trusted
+    assert kinds and all(kind == "a" for kind in kinds)
+    srv = re.search(r"^#\s+(_http\._tcp\.\S+\s+resolve=srv)$", read(), re.M).group(1)
+    assert parse_settings({"backends": srv}).backends[0].resolve == "srv"
