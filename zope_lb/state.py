@@ -62,12 +62,12 @@ from .admin.api import BALANCING_KEYS
 from .errors import ConfigError, StateSaveError
 from .settings import (
     OPTIONS,
-    POOL_FIELDS,
     Settings,
     format_options,
     format_value,
     parse_backends,
     parse_settings,
+    pool_field_converter,
 )
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,8 @@ def canonical(key: str, text: str | None) -> str | None:
     ``30.0`` is not taken for an edit of the ini; text that does not parse is kept."""
     if text is None:
         return None
-    field = key.rsplit(".", 1)[-1] if key.startswith("pool.") else ""
     convert: Callable[..., Any] | None = (
-        POOL_FIELDS[field][0] if field in POOL_FIELDS else _CONVERTERS.get(key))
+        pool_field_converter(key) if key.startswith("pool.") else _CONVERTERS.get(key))
     if convert is None:
         return text
     try:
