@@ -112,6 +112,8 @@ def test_a_per_pool_secret_is_never_echoed() -> None:
     ({"pool.api.vhm.root": "/Plone", "pool.api.vhm.prefix": "/site",
       "pool.api.vhm.strip": "/x"}, "pool.api.vhm.strip", "cannot be combined"),
     ({"vhm.strip": "/x"}, "vhm.strip", "needs vhm.root or vhm.base"),
+    ({"health.auth": "a:b", "pool.api.health.zeo": "true", "pool.api.health.port": "8081"},
+     "pool.api.health.zeo", "cannot be combined with health.port"),
 ])
 def test_combinations_are_checked_on_each_pools_effective_settings(values, key, rule) -> None:
     error = _error({**BASE, **values})

@@ -38,7 +38,7 @@ from .pages import error_page, refusal_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import SUMMARY, ClientBodyError, Proxy, RequestObserver, Route
 from .requestcheck import BadRequest, check_request
-from .settings import BackendSpec, Settings, format_options, parse_settings
+from .settings import BackendSpec, PoolSpec, Settings, format_options, parse_settings
 from .state import StateFile
 from .strategies import make_strategy
 
@@ -102,11 +102,8 @@ class LoadBalancer:
         self.dispatcher = _dispatcher(settings)
         self.pool = self._new_pool(settings, settings.backends, "default")
         self.strategy = make_strategy(settings.strategy, settings)
-        named = tuple(
-            Route(spec.name, self._new_pool(settings, spec.backends, spec.name),
-                  make_strategy(spec.strategy, settings), spec.match)
-            for spec in settings.pools
-        )
+        named = tuple(self._route(spec, settings.pool_settings(spec))
+                      for spec in settings.pools)
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         self.cluster = ClusterWatch(settings.notify_min_healthy)
         self._changes_lock = threading.Lock()
@@ -125,6 +122,14 @@ class LoadBalancer:
             ", ".join(b.address for b in self.pool.backends), self.settings.strategy,
         )
 
+    def _route(self, spec: PoolSpec, settings: Settings, pool: BackendPool | None = None
+               ) -> Route:
+        """A named pool's route; ``settings`` are the pool's own (per-pool options)."""
+        if pool is None:
+            pool = self._new_pool(settings, spec.backends, spec.name)
+        return Route(spec.name, pool, make_strategy(spec.strategy, settings), spec.match,
+                     settings)
+
     def _new_pool(self, settings: Settings, specs: tuple[BackendSpec, ...],
                   name: str) -> BackendPool:
         return BackendPool(settings, specs, name=name, clock=self._clock,
@@ -142,13 +147,16 @@ class LoadBalancer:
         prefix = settings.prefix.rstrip("/")
         self._prefix = prefix
         self._prefix_slash = prefix + "/"
-        if settings.health_interval and self.checker is None:
+        # a pool may probe while the top level does not (health.interval per pool)
+        probing = any(pool.settings.health_interval for pool in self.pools)
+        if probing and self.checker is None:
             self.checker = HealthChecker(
                 lambda: [b for pool in self.pools for b in pool.backends], settings,
                 clock=self._clock, pool_factory=self._pool_factory, on_probe=self._probed,
+                settings_of=self._settings_of,
             ).start()
         elif self.checker is not None:
-            if settings.health_interval:
+            if probing:
                 self.checker.settings = settings
             else:
                 self.checker.close()
@@ -188,19 +196,16 @@ class LoadBalancer:
         routes = {route.name: route for route in self.proxy.routes}
         named = []
         for spec in settings.pools:
+            own = settings.pool_settings(spec)
             route = routes.pop(spec.name, None)
-            if route is None:
-                pool = self._new_pool(settings, spec.backends, spec.name)
-            else:
-                pool = route.pool
-                pool.reconfigure(settings, spec.backends)
-            named.append(Route(spec.name, pool, make_strategy(spec.strategy, settings),
-                               spec.match))
+            if route is not None:
+                route.pool.reconfigure(own, spec.backends)
+            named.append(self._route(spec, own, route.pool if route else None))
         for gone in routes.values():
             gone.pool.reconfigure(settings, ())  # drains, then closes, every backend
         for pool in (self.pool, *(route.pool for route in named)):
             for backend in pool.backends:
-                backend.configure(settings)
+                backend.configure(pool.settings)
         self.strategy = make_strategy(settings.strategy, settings)
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings,
                            tuple(named), self.observer)
@@ -213,6 +218,13 @@ class LoadBalancer:
         self._use(settings)
         log.info("configuration applied: %d backends, strategy %s",
                  len(settings.backends), settings.strategy)
+
+    def _settings_of(self, backend: Backend) -> Settings:
+        """The settings of the pool ``backend`` is in (its per-pool options)."""
+        for pool in self.pools:
+            if pool.name == backend.pool_name:
+                return pool.settings
+        return self.settings
 
     def _probed(self, backend: Backend, passed: bool) -> None:
         observer = self.observer

@@ -16,6 +16,13 @@ pool, so a probe neither waits for nor takes one of the backend's slots. A
 probe that does not answer within ``health.timeout`` fails: a Zope client
 whose ZEO server is gone may hang rather than fail.
 
+Each backend is probed by its pool's rules (per-pool ``health.*`` options):
+its own path, port, timeout and interval; a pool with ``health.interval = 0``
+is not probed. With ``health.port`` the probe goes to the backend's host on
+that port (plone.observability answers there in a thread of its own, so a
+probe still answers while every Zope worker is busy), and every probe detail
+names the port, so a failure reads ``probe port 8081: connection refused``.
+
 ``close()`` stops the thread and the executor within a bounded time; the
 balancer calls it from ``LoadBalancer.close()`` and at interpreter exit.
 """
@@ -66,15 +73,18 @@ class HealthChecker:
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
         rng: random.Random | None = None,
         on_probe: Callable[[Backend, bool], None] | None = None,
+        settings_of: Callable[[Backend], Settings] | None = None,
     ):
         self._backends = backends
         self._on_probe = on_probe
+        self._settings_of = settings_of  # a backend's pool's settings (per-pool options)
         self.settings = settings
         self._clock = clock
         self._pool_factory = pool_factory
         self._rng = rng or random.Random()
         self._due: dict[Backend, float] = {}
-        self._probe_pools: dict[Backend, Any] = {}
+        # per backend: (port, timeout) it was made for, and the one-connection pool
+        self._probe_pools: dict[Backend, tuple[tuple[int, float], Any]] = {}
         self._auth_warned: set[Backend] = set()
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(
@@ -92,7 +102,7 @@ class HealthChecker:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for pool in self._probe_pools.values():
+        for _, pool in self._probe_pools.values():
             pool.close()
         self._probe_pools.clear()
 
@@ -102,18 +112,26 @@ class HealthChecker:
 
     # -- the loop ---------------------------------------------------------------------
 
+    def settings_of(self, backend: Backend) -> Settings:
+        """The rules ``backend`` is probed by: its pool's (they may change at run time)."""
+        return self.settings if self._settings_of is None else self._settings_of(backend)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            interval = self.settings.health_interval  # may change at run time
             now = self._clock()
             backends = [b for b in self._backends()
-                        if b.state in (State.UP, State.DOWN)]
+                        if b.state in (State.UP, State.DOWN)
+                        and self.settings_of(b).health_interval]
             self._forget_removed(backends)
             due = []
+            # the shortest interval bounds the wait, so a changed one is seen in time
+            interval = min((self.settings_of(b).health_interval for b in backends),
+                           default=self.settings.health_interval or 1.0)
             for backend in backends:
                 when = self._due.get(backend)
                 if when is None:  # new: spread first probes over one interval
-                    self._due[backend] = now + self._rng.uniform(0, interval)
+                    self._due[backend] = now + self._rng.uniform(
+                        0, self.settings_of(backend).health_interval)
                 elif when <= now:
                     due.append(backend)
             if due:
@@ -136,7 +154,9 @@ class HealthChecker:
                     backend.record_probe(passed, detail, self._clock())
                     if self._on_probe is not None:
                         self._on_probe(backend, passed)
-                    self._due[backend] = self._clock() + interval * self._rng.uniform(0.9, 1.1)
+                    self._due[backend] = self._clock() + (
+                        self.settings_of(backend).health_interval
+                        * self._rng.uniform(0.9, 1.1))
             next_due = min(self._due.values(), default=self._clock() + interval)
             self._stop.wait(min(interval, max(0.01, next_due - self._clock())))
 
@@ -144,23 +164,41 @@ class HealthChecker:
         live = set(backends)
         for backend in [b for b in self._due if b not in live]:
             del self._due[backend]
-            pool = self._probe_pools.pop(backend, None)
-            if pool is not None:
-                pool.close()
+            made = self._probe_pools.pop(backend, None)
+            if made is not None:
+                made[1].close()
 
     # -- one probe (I/O) ------------------------------------------------------------
 
     def probe(self, backend: Backend) -> tuple[bool, str]:
         """Probe ``backend`` once: (passed, detail)."""
-        settings = self.settings
-        pool = self._probe_pools.get(backend)
-        if pool is None:
-            timeout = Timeout(connect=settings.health_timeout, read=settings.health_timeout)
-            pool = self._pool_factory(
-                backend.spec.host, backend.spec.port, maxsize=1, block=False,
-                timeout=timeout, retries=False,
-            )
-            self._probe_pools[backend] = pool
+        settings = self.settings_of(backend)
+        passed, detail, pool = self._probe(backend, settings)
+        if settings.health_port:
+            detail = f"probe port {settings.health_port}: {detail}"
+        if passed and settings.health_zeo:
+            return self.zeo_check(backend, pool, detail)
+        return passed, detail
+
+    def _probe_pool(self, backend: Backend, settings: Settings) -> Any:
+        """The backend's one-connection probe pool, made again when its port or
+        timeout changed at run time."""
+        port = settings.health_port or backend.spec.port
+        wanted = (port, settings.health_timeout)
+        made = self._probe_pools.get(backend)
+        if made is not None and made[0] == wanted:
+            return made[1]
+        if made is not None:
+            made[1].close()
+        timeout = Timeout(connect=settings.health_timeout, read=settings.health_timeout)
+        pool = self._pool_factory(
+            backend.spec.host, port, maxsize=1, block=False, timeout=timeout, retries=False,
+        )
+        self._probe_pools[backend] = (wanted, pool)
+        return pool
+
+    def _probe(self, backend: Backend, settings: Settings) -> tuple[bool, str, Any]:
+        pool = self._probe_pool(backend, settings)
         headers = {"User-Agent": USER_AGENT}
         if settings.health_host:
             headers["Host"] = settings.health_host
@@ -181,19 +219,16 @@ class HealthChecker:
                         response.close()
                         response.release_conn()
         except BackendTimeout:
-            return False, f"timeout after {settings.health_timeout:g} s"
+            return False, f"timeout after {settings.health_timeout:g} s", pool
         except UpstreamError as exc:
-            return False, exc.reason
+            return False, exc.reason, pool
         passed, detail = probe_verdict(response.status, settings.health_expect)
-        detail = f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
-        if passed and settings.health_zeo:
-            return self.zeo_check(backend, pool, detail)
-        return passed, detail
+        return passed, f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms", pool
 
     def zeo_check(self, backend: Backend, pool: Any, detail: str) -> tuple[bool, str]:
         """A Zope client that lost its ZEO server still answers ``GET /`` at once
         while every uncached read hangs: its Control Panel says ``(disconnected)``."""
-        settings = self.settings
+        settings = self.settings_of(backend)
         headers = {"User-Agent": USER_AGENT,
                    **urllib3.util.make_headers(basic_auth=settings.health_auth)}
         try:

@@ -951,6 +951,11 @@ def _check_combinations(settings: Settings, prefix: str = "") -> None:
     if settings.health_zeo and not settings.health_auth:
         raise ConfigError(prefix + "health.zeo", "true",
                           "needs health.auth = user:password of a Zope Manager")
+    if settings.health_zeo and settings.health_port:
+        raise ConfigError(prefix + "health.zeo", "true",
+                          "cannot be combined with health.port: the ZEO check reads the "
+                          "Control Panel on the backend's own port; a readiness probe on "
+                          "health.port (plone.observability) already reflects the database")
     for name in ("vhm.prefix", "vhm.strip"):
         value = getattr(settings, name.replace(".", "_"))
         if value and not (settings.vhm_root or settings.vhm_base):
