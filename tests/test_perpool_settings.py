@@ -160,3 +160,26 @@ def test_check_names_bad_per_pool_keys(tmp_path) -> None:
     assert "pool.api.timeout.read: timeout.read is one value for the whole balancer" in text
     assert "pool.api.health.port '70000': must be a whole number from 0 to 65535" in text
     assert len(problems) == 3  # pool.api.vhm.root is fine
+
+
+# -- vhm.strip in the VHM path (pure) ----------------------------------------------
+
+ORIGIN = ("https", "www.example.com", "443")
+API = "/VirtualHostBase/https/www.example.com:443/Plone/++api++/VirtualHostRoot"
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("/++api++/news?b_size=5", f"{API}/news?b_size=5"),
+    ("/++api++", f"{API}/"),
+    ("/++api++/", f"{API}/"),
+    ("/%2B%2Bapi%2B%2B/news", f"{API}/news"),  # compared decoded, as the rule matches
+    ("/++api++/caf%C3%A9/%2F", f"{API}/caf%C3%A9/%2F"),  # the rest keeps its spelling
+    ("/++api++x/news", f"{API}/++api++x/news"),  # only a whole segment is the prefix
+    ("/news", f"{API}/news"),  # not under it: whole, never a _vh_ segment
+])
+def test_vhm_strip_removes_the_public_prefix_without_vh_segments(target, expected) -> None:
+    from zope_lb.headers import vhm_target
+
+    out = vhm_target(target, ORIGIN, "/Plone/++api++", strip="/++api++")
+    assert out == expected
+    assert "_vh_" not in out

@@ -222,7 +222,7 @@ class LoadBalancer:
     def _settings_of(self, backend: Backend) -> Settings:
         """The settings of the pool ``backend`` is in (its per-pool options)."""
         for pool in self.pools:
-            if pool.name == backend.pool_name:
+            if backend in pool.backends:  # by identity: pool names need not differ
                 return pool.settings
         return self.settings
 
