@@ -372,3 +372,25 @@ def test_sighup_applies_a_changed_per_pool_key(serve_process, stopping):
     assert json.loads(get(process.port, "/news")[2])["uri"] == "/news"
     assert "Traceback" not in process.log()
 
+
+
+def test_a_changed_health_port_is_probed_at_once(stopping):
+    """The probe connection is made again when the port changes at run time."""
+    api, api_server = start_site("api")
+    first, first_server = start_site("first")
+    second, second_server = start_site("second")
+    stopping.extend([api_server, first_server, second_server])
+    lb = LoadBalancer([api.address], health_interval=0.1, health_path="/ready",
+                      health_port=first_server.port)
+    try:
+        assert wait_until(lambda: probes(first), timeout=10)
+        lb.apply({"health.port": str(second_server.port)})
+        assert wait_until(lambda: probes(second), timeout=10)
+        count = len(probes(first))
+        time.sleep(0.4)
+        assert len(probes(first)) == count
+        assert lb.pool.backends[0].last_probe[2].startswith(
+            f"probe port {second_server.port}: status 200")
+        assert not probes(api)
+    finally:
+        lb.close()
