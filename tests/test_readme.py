@@ -55,7 +55,8 @@ def topic_tables(table: str) -> dict[str, list[str]]:
 def test_every_option_is_in_exactly_one_topic_table():
     tables = topic_tables(options_table())
     listed = [name for names in tables.values() for name in names]
-    expected = [o.name for o in OPTIONS] + [f"pool.NAME.{f}" for f in POOL_FIELDS]
+    expected = ([o.name for o in OPTIONS] + [f"pool.NAME.{f}" for f in POOL_FIELDS]
+                + ["pool.NAME.OPTION"])  # the per-pool options, in one row
     assert sorted(listed) == sorted(expected)
     assert len(listed) == len(set(listed))
     assert tables["Timeouts and deadlines"][:2] == ["timeout.connect", "timeout.read"]

@@ -652,7 +652,7 @@ def test_options_table_lists_every_option() -> None:
     table = settings.options_table()
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert table.startswith("#### Balancing\n\n| option | default | meaning |\n|---|---|---|\n")
-    assert len(rows) == len(OPTIONS) + len(settings.POOL_FIELDS)
+    assert len(rows) == len(OPTIONS) + len(settings.POOL_FIELDS) + 1  # + pool.NAME.OPTION
     for field in settings.POOL_FIELDS:
         assert sum(row.startswith(f"| `pool.NAME.{field}` | ") for row in rows) == 1
     for option in OPTIONS:

@@ -39,7 +39,7 @@ from .pages import error_page, refusal_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import SUMMARY, ClientBodyError, Proxy, RequestObserver, Route
 from .requestcheck import BadRequest, check_request
-from .settings import BackendSpec, Settings, format_options, parse_settings
+from .settings import BackendSpec, PoolSpec, Settings, format_options, parse_settings
 from .state import StateFile
 from .strategies import make_strategy
 
@@ -108,12 +108,8 @@ class LoadBalancer:
         self.discovery.resolve_now()
         self.pool = self._new_pool(settings, self.discovery.expand(settings.backends), "default")
         self.strategy = make_strategy(settings.strategy, settings)
-        named = tuple(
-            Route(spec.name, self._new_pool(settings, self.discovery.expand(spec.backends),
-                                            spec.name),
-                  make_strategy(spec.strategy, settings), spec.match)
-            for spec in settings.pools
-        )
+        named = tuple(self._route(spec, settings.pool_settings(spec))
+                      for spec in settings.pools)
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings, named)
         self.cluster = ClusterWatch(settings.notify_min_healthy)
         self._changes_lock = threading.Lock()
@@ -133,6 +129,14 @@ class LoadBalancer:
             ", ".join(b.address for b in self.pool.backends), self.settings.strategy,
         )
 
+    def _route(self, spec: PoolSpec, settings: Settings, pool: BackendPool | None = None
+               ) -> Route:
+        """A named pool's route; ``settings`` are the pool's own (per-pool options)."""
+        if pool is None:
+            pool = self._new_pool(settings, self.discovery.expand(spec.backends), spec.name)
+        return Route(spec.name, pool, make_strategy(spec.strategy, settings), spec.match,
+                     settings)
+
     def _new_pool(self, settings: Settings, specs: tuple[BackendSpec, ...],
                   name: str) -> BackendPool:
         return BackendPool(settings, specs, name=name, clock=self._clock,
@@ -150,13 +154,16 @@ class LoadBalancer:
         prefix = settings.prefix.rstrip("/")
         self._prefix = prefix
         self._prefix_slash = prefix + "/"
-        if settings.health_interval and self.checker is None:
+        # a pool may probe while the top level does not (health.interval per pool)
+        probing = any(pool.settings.health_interval for pool in self.pools)
+        if probing and self.checker is None:
             self.checker = HealthChecker(
                 lambda: [b for pool in self.pools for b in pool.backends], settings,
                 clock=self._clock, pool_factory=self._pool_factory, on_probe=self._probed,
+                settings_of=self._settings_of,
             ).start()
         elif self.checker is not None:
-            if settings.health_interval:
+            if probing:
                 self.checker.settings = settings
             else:
                 self.checker.close()
@@ -197,19 +204,16 @@ class LoadBalancer:
         routes = {route.name: route for route in self.proxy.routes}
         named = []
         for spec in settings.pools:
+            own = settings.pool_settings(spec)
             route = routes.pop(spec.name, None)
-            if route is None:
-                pool = self._new_pool(settings, self.discovery.expand(spec.backends), spec.name)
-            else:
-                pool = route.pool
-                pool.reconfigure(settings, self.discovery.expand(spec.backends))
-            named.append(Route(spec.name, pool, make_strategy(spec.strategy, settings),
-                               spec.match))
+            if route is not None:
+                route.pool.reconfigure(own, self.discovery.expand(spec.backends))
+            named.append(self._route(spec, own, route.pool if route else None))
         for gone in routes.values():
             gone.pool.reconfigure(settings, ())  # drains, then closes, every backend
         for pool in (self.pool, *(route.pool for route in named)):
             for backend in pool.backends:
-                backend.configure(settings)
+                backend.configure(pool.settings)
         self.strategy = make_strategy(settings.strategy, settings)
         self.proxy = Proxy(Route("default", self.pool, self.strategy), settings,
                            tuple(named), self.observer)
@@ -240,13 +244,20 @@ class LoadBalancer:
                 if expanded == tuple(b.spec for b in pool.backends):
                     continue
                 before = set(pool.backends)
-                pool.reconfigure(settings, expanded)
+                pool.reconfigure(pool.settings, expanded)  # its own (per-pool) settings
                 for backend in pool.backends:
                     if backend not in before:
                         backend.start_slowly()
                         joined = True
         if joined and self.state_file is not None:
             self.state_file.sync_backends()  # an admin state kept for a returning address
+
+    def _settings_of(self, backend: Backend) -> Settings:
+        """The settings of the pool ``backend`` is in (its per-pool options)."""
+        for pool in self.pools:
+            if backend in pool.backends:  # by identity: pool names need not differ
+                return pool.settings
+        return self.settings
 
     def _probed(self, backend: Backend, passed: bool) -> None:
         observer = self.observer

@@ -318,33 +318,46 @@ def public_origin(environ: Mapping[str, Any], trusted: Sequence[Network] = (),
 
 
 def vhm_target(target: str, origin: tuple[str, str, str], root: str = "",
-               prefix: str = "") -> str:
+               prefix: str = "", strip: str = "") -> str:
     """Rewrite an origin-form target (``/foo?q``) into VirtualHostMonster form.
 
     ``root`` is the site's path in Zope (``/Plone``); ``prefix`` the public
     sub-path the site lives under (``/site``): stripped from a path under it
     and added back as ``_vh_site`` so Zope's URLs keep it (a path outside it
-    is passed whole, without ``_vh_``). The path and query pass
-    through untouched, percent-encoding and all.
+    is passed whole, without ``_vh_``). ``strip`` (``/++api++``) is removed
+    the same way but not added back: Zope's URLs leave it out. The path and
+    query pass through untouched, percent-encoding and all. The path is
+    already free of dot segments (requestcheck), and what is left after a
+    removed prefix is a tail of its segments: nothing can climb out of ``root``.
     """
     if not target.startswith("/"):  # "OPTIONS *": no path to put under the root
         return target
     path, sep, query = target.partition("?")
     vh = ""
-    if prefix:
-        wanted, vh_segments = _prefix_segments(prefix)
-        segments = path.split("/")  # ["", "site", "foo"]
-        count = len(wanted)
-        # segment by segment, compared decoded: /caf%C3%A9, /caf%c3%a9 and a
-        # prefix written /café in the ini are the same path
-        if len(segments) > count and all(
-                unquote_to_bytes(segments[i + 1]) == wanted[i] for i in range(count)):
-            path = "/" + "/".join(segments[count + 1:])
-            vh = vh_segments
+    if strip:
+        path = _without_prefix(path, strip) or path
+    elif prefix:
+        rest = _without_prefix(path, prefix)
+        if rest is not None:
+            path = rest
+            vh = _prefix_segments(prefix)[1]
     scheme, host, port = origin
     root = root.rstrip("/")  # "/" is the Zope root
     rewritten = f"/VirtualHostBase/{scheme}/{host}:{port}{root}/VirtualHostRoot{vh}{path}"
     return f"{rewritten}?{query}" if sep else rewritten
+
+
+def _without_prefix(path: str, prefix: str) -> str | None:
+    """``path`` without the public ``prefix``, or None when it is not under it."""
+    wanted = _prefix_segments(prefix)[0]
+    segments = path.split("/")  # ["", "site", "foo"]
+    count = len(wanted)
+    # segment by segment, compared decoded: /caf%C3%A9, /caf%c3%a9 and a
+    # prefix written /café in the ini are the same path
+    if len(segments) > count and all(
+            unquote_to_bytes(segments[i + 1]) == wanted[i] for i in range(count)):
+        return "/" + "/".join(segments[count + 1:])
+    return None
 
 
 @lru_cache(maxsize=16)

@@ -16,6 +16,13 @@ pool, so a probe neither waits for nor takes one of the backend's slots. A
 probe that does not answer within ``health.timeout`` fails: a Zope client
 whose ZEO server is gone may hang rather than fail.
 
+Each backend is probed by its pool's rules (per-pool ``health.*`` options):
+its own path, port, timeout and interval; a pool with ``health.interval = 0``
+is not probed. With ``health.port`` the probe goes to the backend's host on
+that port (plone.observability answers there in a thread of its own, so a
+probe still answers while every Zope worker is busy), and every probe detail
+names the port, so a failure reads ``probe port 8081: connection refused``.
+
 With ``health.storage`` (old name ``health.zeo``) a probe that passed also
 reads the client's Control Panel (as a Manager, ``health.auth``): a ZEO
 client that says ``(disconnected)`` fails, and the checker remembers which
@@ -137,15 +144,18 @@ class HealthChecker:
         pool_factory: Callable[..., Any] = HTTPConnectionPool,
         rng: random.Random | None = None,
         on_probe: Callable[[Backend, bool], None] | None = None,
+        settings_of: Callable[[Backend], Settings] | None = None,
     ):
         self._backends = backends
         self._on_probe = on_probe
+        self._settings_of = settings_of  # a backend's pool's settings (per-pool options)
         self.settings = settings
         self._clock = clock
         self._pool_factory = pool_factory
         self._rng = rng or random.Random()
         self._due: dict[Backend, float] = {}
-        self._probe_pools: dict[Backend, Any] = {}
+        # per backend: (port, timeout) it was made for, and the one-connection pool
+        self._probe_pools: dict[Backend, tuple[tuple[int, float], Any]] = {}
         self._auth_warned: set[Backend] = set()
         self._storage: dict[Backend, StorageName] = {}  # what each Control Panel named
         self._failing: set[Backend] = set()  # its last probe failed
@@ -165,7 +175,7 @@ class HealthChecker:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for pool in self._probe_pools.values():
+        for _, pool in self._probe_pools.values():
             pool.close()
         self._probe_pools.clear()
 
@@ -175,18 +185,26 @@ class HealthChecker:
 
     # -- the loop ---------------------------------------------------------------------
 
+    def settings_of(self, backend: Backend) -> Settings:
+        """The rules ``backend`` is probed by: its pool's (they may change at run time)."""
+        return self.settings if self._settings_of is None else self._settings_of(backend)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            interval = self.settings.health_interval  # may change at run time
             now = self._clock()
             backends = [b for b in self._backends()
-                        if b.state in (State.UP, State.DOWN)]
+                        if b.state in (State.UP, State.DOWN)
+                        and self.settings_of(b).health_interval]
             self._forget_removed(backends)
             due = []
+            # the shortest interval bounds the wait, so a changed one is seen in time
+            interval = min((self.settings_of(b).health_interval for b in backends),
+                           default=self.settings.health_interval or 1.0)
             for backend in backends:
                 when = self._due.get(backend)
                 if when is None:  # new: spread first probes over one interval
-                    self._due[backend] = now + self._rng.uniform(0, interval)
+                    self._due[backend] = now + self._rng.uniform(
+                        0, self.settings_of(backend).health_interval)
                 elif when <= now:
                     due.append(backend)
             if due:
@@ -209,7 +227,9 @@ class HealthChecker:
                     backend.record_probe(passed, detail, self._clock())
                     if self._on_probe is not None:
                         self._on_probe(backend, passed)
-                    self._due[backend] = self._clock() + interval * self._rng.uniform(0.9, 1.1)
+                    self._due[backend] = self._clock() + (
+                        self.settings_of(backend).health_interval
+                        * self._rng.uniform(0.9, 1.1))
             next_due = min(self._due.values(), default=self._clock() + interval)
             self._stop.wait(min(interval, max(0.01, next_due - self._clock())))
 
@@ -219,31 +239,43 @@ class HealthChecker:
             del self._due[backend]
             self._storage.pop(backend, None)
             self._failing.discard(backend)
-            pool = self._probe_pools.pop(backend, None)
-            if pool is not None:
-                pool.close()
+            made = self._probe_pools.pop(backend, None)
+            if made is not None:
+                made[1].close()
 
     # -- one probe (I/O) ------------------------------------------------------------
 
     def probe(self, backend: Backend) -> tuple[bool, str]:
         """Probe ``backend`` once: (passed, detail)."""
-        passed, detail = self._probe(backend)
+        settings = self.settings_of(backend)
+        passed, detail = self._probe(backend, settings)
+        if settings.health_port:
+            detail = f"probe port {settings.health_port}: {detail}"
         if passed:
             self._failing.discard(backend)
         else:
             self._failing.add(backend)
         return passed, detail
 
-    def _probe(self, backend: Backend) -> tuple[bool, str]:
-        settings = self.settings
-        pool = self._probe_pools.get(backend)
-        if pool is None:
-            timeout = Timeout(connect=settings.health_timeout, read=settings.health_timeout)
-            pool = self._pool_factory(
-                backend.spec.host, backend.spec.port, maxsize=1, block=False,
-                timeout=timeout, retries=False,
-            )
-            self._probe_pools[backend] = pool
+    def _probe_pool(self, backend: Backend, settings: Settings) -> Any:
+        """The backend's one-connection probe pool, made again when its port or
+        timeout changed at run time."""
+        port = settings.health_port or backend.spec.port
+        wanted = (port, settings.health_timeout)
+        made = self._probe_pools.get(backend)
+        if made is not None and made[0] == wanted:
+            return made[1]
+        if made is not None:
+            made[1].close()
+        timeout = Timeout(connect=settings.health_timeout, read=settings.health_timeout)
+        pool = self._pool_factory(
+            backend.spec.host, port, maxsize=1, block=False, timeout=timeout, retries=False,
+        )
+        self._probe_pools[backend] = (wanted, pool)
+        return pool
+
+    def _probe(self, backend: Backend, settings: Settings) -> tuple[bool, str]:
+        pool = self._probe_pool(backend, settings)
         headers = {"User-Agent": USER_AGENT}
         if settings.health_host:
             headers["Host"] = settings.health_host
@@ -273,7 +305,7 @@ class HealthChecker:
         detail = f"{detail} in {(time.monotonic() - started) * 1000:.0f} ms"
         if not passed:
             return self._failed(backend, detail)
-        if self._storage_checked:
+        if _storage_checked(settings):
             known = self._storage.get(backend)
             # A RelStorage client that answered has just asked its database: its
             # page is read again only after a failure (it may have been reconfigured).
@@ -282,22 +314,19 @@ class HealthChecker:
             return passed, f"{detail}; {known.text}"
         return passed, detail
 
-    @property
-    def _storage_checked(self) -> bool:
-        return self.settings.health_storage or self.settings.health_zeo
-
     def _failed(self, backend: Backend, detail: str) -> tuple[bool, str]:
         """A failed probe; with ``health.storage``, its reason names the storage."""
-        known = self._storage.get(backend) if self._storage_checked else None
+        settings = self.settings_of(backend)
+        known = self._storage.get(backend) if _storage_checked(settings) else None
         if known is None:
             return False, detail
-        cause = tcp_cause(known.servers, self.settings.health_timeout)
+        cause = tcp_cause(known.servers, settings.health_timeout)
         return False, storage_reason(known, cause, detail)
 
     def zeo_check(self, backend: Backend, pool: Any, detail: str) -> tuple[bool, str]:
         """A Zope client that lost its ZEO server still answers ``GET /`` at once
         while every uncached read hangs: its Control Panel says ``(disconnected)``."""
-        settings = self.settings
+        settings = self.settings_of(backend)
         headers = {"User-Agent": USER_AGENT,
                    **urllib3.util.make_headers(basic_auth=settings.health_auth)}
         try:
@@ -326,3 +355,7 @@ class HealthChecker:
         if named is not None and named.relstorage:
             return True, f"{detail}; {named.text}"
         return True, f"{detail}; ZEO connected" if found and found[1] else detail
+
+
+def _storage_checked(settings: Settings) -> bool:
+    return settings.health_storage or settings.health_zeo

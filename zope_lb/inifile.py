@@ -40,14 +40,23 @@ from typing import Any
 
 from . import state
 from .errors import ConfigError
-from .settings import OPTIONS, POOL_FIELDS, format_options, parse_backends, parse_settings
+from .settings import (
+    OPTIONS,
+    PER_POOL,
+    POOL_FIELDS,
+    format_options,
+    parse_backends,
+    parse_settings,
+    pool_field_converter,
+    pool_key_problem,
+    split_pool_key,
+)
 
 log = logging.getLogger(__name__)
 
 #: Section prefixes PasteDeploy reads (and interpolates) when it loads an app or server.
 PASTE_PREFIXES = ("app", "application", "composite", "composit", "pipeline", "filter-app",
                   "filter", "server")
-_POOL_KEY = re.compile(r"pool\.([A-Za-z0-9_-]+)\.([a-z_]+)")
 _OPTIONS = {o.name: o for o in OPTIONS} | {o.attribute: o for o in OPTIONS}
 
 
@@ -470,16 +479,20 @@ def check_options(report: IniReport, section: str, local_conf: Mapping[str, str]
     before = len(report.problems)
     given: dict[str, str] = {}
     for key, value in local_conf.items():
-        pool_key = _POOL_KEY.fullmatch(key)
+        pool_key = split_pool_key(key)
         if pool_key:
-            name, pool_field = pool_key.groups()
-            if pool_field not in POOL_FIELDS:
-                close = difflib.get_close_matches(pool_field, list(POOL_FIELDS), 1)
-                hint = f"did you mean pool.{name}.{close[0]}?" if close else (
-                    "use " + ", ".join(f"pool.{name}.{f}" for f in POOL_FIELDS))
-                report.add(f"unknown pool key; {hint}", section, key)
+            name, pool_field = pool_key
+            problem = pool_key_problem(name, pool_field)
+            if problem:
+                fields = [*POOL_FIELDS, *PER_POOL]
+                close = difflib.get_close_matches(pool_field, fields, 1)
+                hint = f"unknown pool key; did you mean pool.{name}.{close[0]}?" if (
+                    close and pool_field not in _OPTIONS) else problem
+                report.add(hint, section, key)
                 continue
-            _convert(report, section, key, value, POOL_FIELDS[pool_field][0], False)
+            option = _OPTIONS.get(pool_field)
+            _convert(report, section, key, value, pool_field_converter(key),
+                     option is not None and option.secret)
             continue
         option = _OPTIONS.get(key)
         if option is None:

@@ -297,6 +297,14 @@ def _unreachable(tried: list[Backend], last: UpstreamError | None) -> NoBackendA
                               kind="unreachable")
 
 
+def _affinity_cookie(settings: Settings, environ: dict[str, Any], backend: Backend) -> str:
+    """The pool's affinity cookie naming ``backend`` (Secure over https)."""
+    cookie = f"{settings.affinity_cookie}={backend.token}; Path=/; HttpOnly; SameSite=Lax"
+    if request_scheme(environ, settings.forwarded_trusted) == "https":
+        cookie += "; Secure"
+    return cookie
+
+
 class RequestObserver(Protocol):
     """Sees every attempt, for metrics; called on the request path, so cheap."""
 
@@ -315,16 +323,18 @@ class RequestObserver(Protocol):
 
 
 class Route:
-    """A pool, its strategy, and the rules that send a request to it."""
+    """A pool, its strategy, the rules that send a request to it, and the
+    settings its requests run with (its own per-pool options; None: the proxy's)."""
 
-    __slots__ = ("name", "rules", "pool", "strategy")
+    __slots__ = ("name", "rules", "pool", "strategy", "settings")
 
     def __init__(self, name: str, pool: BackendPool, strategy: Strategy,
-                 rules: tuple[Rule, ...] = ()):
+                 rules: tuple[Rule, ...] = (), settings: Settings | None = None):
         self.name = name
         self.pool = pool
         self.strategy = strategy
         self.rules = rules
+        self.settings = settings
 
 
 class Proxy:
@@ -341,6 +351,9 @@ class Proxy:
         self.routes = routes
         self.settings = settings
         self.observer = observer
+        for route in (default, *routes):
+            if route.settings is None:
+                route.settings = settings
 
     def route(self, environ: dict[str, Any]) -> Route:
         """The first named pool whose rules all match, else the default pool."""
@@ -357,8 +370,8 @@ class Proxy:
         so the caller may still answer with an error page or a fallback app.
         ``entry`` (the access log's line) gets the pool, backend and timings.
         """
-        settings = self.settings
         route = self.route(environ) if self.routes else self.default
+        settings = route.settings or self.settings  # the pool's own per-pool options
         pool = route.pool
         if entry is not None:
             entry.pool = route.name
@@ -366,7 +379,8 @@ class Proxy:
         target = upstream_target(environ)
         if settings.vhm_root or settings.vhm_base:
             origin = public_origin(environ, settings.forwarded_trusted, settings.vhm_base or "auto")
-            target = vhm_target(target, origin, settings.vhm_root, settings.vhm_prefix)
+            target = vhm_target(target, origin, settings.vhm_root, settings.vhm_prefix,
+                                settings.vhm_strip)
         headers = request_headers(environ, settings.forwarded_trusted, settings.preserve_host)
         body, chunked = request_body(environ)
         if body is not None and not chunked:
@@ -459,7 +473,7 @@ class Proxy:
                 response_list = rewrite_locations(response_list, backend.address, origin)
                 break
         if sticky and token != backend.token:
-            response_list.append(("Set-Cookie", self._affinity_cookie(environ, backend)))
+            response_list.append(("Set-Cookie", _affinity_cookie(settings, environ, backend)))
         answer = ResponseBody(response, pool, backend, first, on_close, entry)
         try:
             start_response(f"{response.status} {response.reason}", response_list)
@@ -467,13 +481,6 @@ class Proxy:
             answer.close()
             raise
         return answer
-
-    def _affinity_cookie(self, environ: dict[str, Any], backend: Backend) -> str:
-        cookie = (f"{self.settings.affinity_cookie}={backend.token}; Path=/; HttpOnly; "
-                  "SameSite=Lax")
-        if request_scheme(environ, self.settings.forwarded_trusted) == "https":
-            cookie += "; Secure"
-        return cookie
 
     def _send(self, backend: Backend, method: str, target: str,
               headers: dict[str, str], body: RequestBody | None,

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -400,6 +400,11 @@ def as_dns_server(value: object) -> str:
     return f"{url_host(host)}:{int(port_text)}"
 
 
+def as_port_or_zero(value: object) -> int:
+    """A TCP port, 1 to 65535, or 0 for "the backend's own port"."""
+    return _as_int(value, 0, 65535)
+
+
 def as_credentials(value: object) -> str:
     text = str(value).strip()
     if text and (":" not in text or not text.split(":", 1)[0]):
@@ -730,6 +735,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("health.host", as_optional_host, "",
            "`Host` header the probe sends (default: the backend's own address).",
            "(backend address)"),
+    Option("health.port", as_port_or_zero, 0,
+           "Port the probe goes to, on the backend's host (e.g. 8081 for "
+           "plone.observability, which answers in its own thread); `0`: the "
+           "backend's own port.", "0 (the backend's port)"),
     Option("health.interval", as_interval, 5.0,
            "Seconds between probes of a backend (jittered by 10 %; 100 ms to 1 day); "
            "`0` turns active checks off.", "5"),
@@ -787,6 +796,10 @@ OPTIONS: tuple[Option, ...] = (
            "Public sub-path the site lives under (`/site`): stripped from requests "
            "and added as `_vh_` segments, so Zope's URLs keep it. Needs `vhm.root` "
            "or `vhm.base`.", "(none)"),
+    Option("vhm.strip", as_optional_subpath, "",
+           "Public path prefix removed from requests before the VHM path is built, "
+           "without `_vh_` segments (a Volto API pool: `/++api++`), so Zope's URLs "
+           "leave it out. Needs `vhm.root` or `vhm.base`.", "(none)"),
     Option("admin.path", as_admin_path, "/__zope_lb__",
            "Where the admin pages, the JSON API and the metrics are mounted "
            "(the health endpoint stays public)."),
@@ -833,7 +846,21 @@ class PoolSpec:
     backends: tuple[BackendSpec, ...]
     strategy: str
     match: tuple[Any, ...]  # routing.Rule
+    #: Its own values of :data:`PER_POOL` options, as (Settings attribute, value):
+    #: what ``pool.NAME.health.path`` and the like set; the rest inherit.
+    options: tuple[tuple[str, Any], ...] = ()
 
+
+#: Options a named pool may set for itself (``pool.api.vhm.root``); unset ones
+#: inherit the top-level value. Everything else is one value for the whole
+#: balancer: timeouts, retries, the queue, trust, admin, logging.
+PER_POOL: frozenset[str] = frozenset({
+    "vhm.root", "vhm.base", "vhm.prefix", "vhm.strip",
+    "health.path", "health.port", "health.host", "health.method", "health.interval",
+    "health.timeout", "health.expect", "health.rise", "health.fall", "health.storage",
+    "health.zeo", "health.auth",
+    "maxconn", "affinity", "affinity.cookie", "affinity.when", "slowstart",
+})
 
 #: The keys of a named pool: ``pool.NAME.backends`` and so on.
 POOL_FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
@@ -843,7 +870,43 @@ POOL_FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
                         "(required): `path:/prefix`, `path:*/glob*`, `method:POST`, "
                         "`header:X-Name[=value]`, `cookie:name`"),
 }
-_POOL_KEY = re.compile(r"pool\.([A-Za-z0-9_-]+)\.([a-z_]+)")
+_POOL_KEY = re.compile(r"pool\.([A-Za-z0-9_-]+)\.([a-z_.]+)")
+
+
+def split_pool_key(key: str) -> tuple[str, str] | None:
+    """``pool.api.health.path`` -> (``api``, ``health.path``); None for other keys."""
+    match = _POOL_KEY.fullmatch(key)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def pool_option(field: str) -> Option | None:
+    """The per-pool option a pool key's field names (``health.path`` or
+    ``health_path``), or None when it is not one."""
+    option = _BY_NAME.get(field)
+    return option if option is not None and option.name in PER_POOL else None
+
+
+def pool_field_converter(key: str) -> Callable[[Any], Any] | None:
+    """The converter of a ``pool.NAME.FIELD`` key, or None when it is not one."""
+    split = split_pool_key(key)
+    if split is None:
+        return None
+    field = split[1]
+    if field in POOL_FIELDS:
+        return POOL_FIELDS[field][0]
+    option = pool_option(field)
+    return option.convert if option is not None else None
+
+
+def pool_key_problem(name: str, field: str) -> str | None:
+    """Why ``pool.NAME.FIELD`` is refused (naming what a pool may set), or None."""
+    if field in POOL_FIELDS or pool_option(field) is not None:
+        return None
+    allowed = ", ".join([*POOL_FIELDS, *sorted(PER_POOL)])
+    if field in _BY_NAME:
+        return (f"{_BY_NAME[field].name} is one value for the whole balancer, not per "
+                f"pool; set it without 'pool.{name}.'. A pool may set: {allowed}")
+    return f"unknown pool key; a pool may set: {allowed}"
 
 
 @dataclass(frozen=True)
@@ -872,6 +935,7 @@ class Settings:
     health_path: str = "/"
     health_method: str = "GET"
     health_host: str = ""
+    health_port: int = 0
     health_interval: float = 5.0
     health_timeout: float = 2.0
     health_expect: frozenset[int] = frozenset(range(200, 400))
@@ -891,6 +955,7 @@ class Settings:
     vhm_root: str = ""
     vhm_base: str = ""
     vhm_prefix: str = ""
+    vhm_strip: str = ""
     admin_path: str = "/__zope_lb__"
     admin_users: tuple[tuple[str, str], ...] = ()
     admin_allow: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
@@ -905,6 +970,11 @@ class Settings:
     def maxconn_of(self, spec: BackendSpec) -> int:
         return self.maxconn if spec.maxconn is None else spec.maxconn
 
+    def pool_settings(self, pool: PoolSpec) -> Settings:
+        """What a named pool runs with: these settings, with the pool's own
+        values of :data:`PER_POOL` options on top."""
+        return replace(self, **dict(pool.options)) if pool.options else self
+
 
 def parse_settings(values: Mapping[str, object]) -> Settings:
     """Validate ``values`` (ini names like ``timeout.read`` or ``timeout_read``).
@@ -915,13 +985,18 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
     given_as: dict[str, str] = {}
     pool_values: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
-        pool_key = _POOL_KEY.fullmatch(key)
+        pool_key = split_pool_key(key)
         if pool_key:
-            name, field = pool_key.groups()
-            if field not in POOL_FIELDS:
-                raise ConfigError(key, value, f"unknown pool key; use pool.{name}."
-                                  + f", pool.{name}.".join(POOL_FIELDS))
-            pool_values.setdefault(name, {})[field] = value
+            name, field = pool_key
+            problem = pool_key_problem(name, field)
+            if problem:
+                raise ConfigError(key, value, problem)
+            option = pool_option(field)
+            field = option.name if option is not None else field
+            fields = pool_values.setdefault(name, {})
+            if field in fields:
+                raise ConfigError(key, value, f"given twice (also as pool.{name}.{field})")
+            fields[field] = value
             continue
         option = _BY_NAME.get(key)
         if option is None:
@@ -945,18 +1020,10 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
         for name, fields in pool_values.items()
     )
     settings = Settings(**chosen)
-    for flag in ("health_storage", "health_zeo"):
-        if getattr(settings, flag) and not settings.health_auth:
-            raise ConfigError(flag.replace("_", "."), "true",
-                              "needs health.auth = user:password of a Zope Manager")
-    if settings.vhm_prefix and not (settings.vhm_root or settings.vhm_base):
-        raise ConfigError("vhm.prefix", settings.vhm_prefix,
-                          "needs vhm.root or vhm.base: without them no VHM path is built")
-    if settings.health_method == "HEAD":
-        log.warning(
-            "health.method = HEAD: on Zope a first HEAD of an object writes to the "
-            "ZODB; GET %s is the safe probe", settings.health_path,
-        )
+    _check_combinations(settings)
+    for pool in settings.pools:
+        if pool.options:
+            _check_combinations(settings.pool_settings(pool), f"pool.{pool.name}.")
     for key, specs in (("backends", settings.backends),
                        *((f"pool.{p.name}.backends", p.backends) for p in settings.pools)):
         _check_weights(key, specs)
@@ -967,6 +1034,36 @@ def parse_settings(values: Mapping[str, object]) -> Settings:
             "load balancing needs two or more", len(primaries),
         )
     return settings
+
+
+def _check_combinations(settings: Settings, prefix: str = "") -> None:
+    """Options that only make sense together; ``prefix`` names a pool's keys."""
+    for flag in ("health.storage", "health.zeo"):  # health.zeo: the old name
+        if not getattr(settings, flag.replace(".", "_")):
+            continue
+        if not settings.health_auth:
+            raise ConfigError(prefix + flag, "true",
+                              "needs health.auth = user:password of a Zope Manager")
+        if settings.health_port:
+            raise ConfigError(prefix + flag, "true",
+                              "cannot be combined with health.port: the storage check reads "
+                              "the Control Panel on the backend's own port; a readiness "
+                              "probe on health.port (plone.observability) already reflects "
+                              "the database")
+    for name in ("vhm.prefix", "vhm.strip"):
+        value = getattr(settings, name.replace(".", "_"))
+        if value and not (settings.vhm_root or settings.vhm_base):
+            raise ConfigError(prefix + name, value,
+                              "needs vhm.root or vhm.base: without them no VHM path is built")
+    if settings.vhm_prefix and settings.vhm_strip:
+        raise ConfigError(prefix + "vhm.strip", settings.vhm_strip,
+                          "cannot be combined with vhm.prefix: strip removes a prefix "
+                          "from Zope's URLs, prefix keeps one in them; choose one")
+    if settings.health_method == "HEAD":
+        log.warning(
+            "%shealth.method = HEAD: on Zope a first HEAD of an object writes to the "
+            "ZODB; GET %s is the safe probe", prefix, settings.health_path,
+        )
 
 
 def _check_weights(key: str, specs: tuple[BackendSpec, ...]) -> None:
@@ -983,8 +1080,17 @@ def _parse_pool(name: str, fields: dict[str, Any], default_strategy: str) -> Poo
         if required not in fields:
             raise ConfigError(f"pool.{name}.{required}", None, "is required for a named pool")
     converted: dict[str, Any] = {"strategy": default_strategy}
+    options: list[tuple[str, Any]] = []
     for field, value in fields.items():
         key = f"pool.{name}.{field}"
+        option = pool_option(field)
+        if option is not None:  # the top-level option's converter, with its bounds
+            try:
+                options.append((option.attribute, option.convert(value)))
+            except ValueError as exc:
+                shown = "(not shown)" if option.secret else value
+                raise ConfigError(key, shown, str(exc)) from None
+            continue
         convert = POOL_FIELDS[field][0]
         if convert is parse_backends:
             converted[field] = parse_backends(value, key)
@@ -993,7 +1099,7 @@ def _parse_pool(name: str, fields: dict[str, Any], default_strategy: str) -> Poo
             converted[field] = convert(value)
         except ValueError as exc:
             raise ConfigError(key, value, str(exc)) from None
-    return PoolSpec(name=name, **converted)
+    return PoolSpec(name=name, **converted, options=tuple(sorted(options)))
 
 
 def _known() -> str:
@@ -1037,6 +1143,10 @@ def options_table(options: tuple[Option, ...] = OPTIONS) -> str:
             f"| `{option.name}` | {default} | {option.doc} |")
     by_topic[POOLS_TOPIC] = [f"| `pool.NAME.{field}` | | A named pool: {doc}. |"
                              for field, (_, doc) in POOL_FIELDS.items()]
+    by_topic[POOLS_TOPIC].append(
+        "| `pool.NAME.OPTION` | the top-level value | A named pool's own value of "
+        + ", ".join(f"`{name}`" for name in sorted(PER_POOL))
+        + " (same rules as the top-level option). |")
     order = [topic for topic, _ in OPTION_TOPICS] + [POOLS_TOPIC, OTHER_TOPIC]
     parts = []
     for topic in order:
@@ -1090,4 +1200,6 @@ def format_options(settings: Settings) -> dict[str, str]:
         options[f"pool.{pool.name}.backends"] = format_value(pool.backends)
         options[f"pool.{pool.name}.strategy"] = pool.strategy
         options[f"pool.{pool.name}.match"] = format_value(pool.match)
+        for attribute, value in pool.options:
+            options[f"pool.{pool.name}.{_BY_NAME[attribute].name}"] = format_value(value)
     return options

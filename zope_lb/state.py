@@ -58,16 +58,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .admin.api import BALANCING_KEYS
+from .admin.api import BALANCING_KEYS, is_pool_balancing_key
 from .errors import ConfigError, StateSaveError
 from .settings import (
     OPTIONS,
-    POOL_FIELDS,
     Settings,
     format_options,
     format_value,
     parse_backends,
     parse_settings,
+    pool_field_converter,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ ADMIN_STATES = ("disabled", "draining")
 #: refused whole, at start and at run time, so whoever can write the state file
 #: cannot make an account, run a command or reach another pool.
 SAVED = frozenset({"backends", *BALANCING_KEYS})
+
+
+def saved(key: str) -> bool:
+    """Whether a state file may keep ``key``: :data:`SAVED`, or a named pool's own
+    value of a Balancing option (``pool.api.health.path``; its backends stay the ini's)."""
+    return key in SAVED or is_pool_balancing_key(key)
+
 _KEYS = frozenset({"version", "options", "ini", "backends", "serial", "written_by",
                    "written_at"})
 
@@ -145,7 +152,7 @@ def parse_state(text: bytes | str, path: str) -> Saved:
     options = _text_map(data.get("options", {}), "options", path, null=False)
     ini = _text_map(data.get("ini", {}), "ini", path)
     for name, keys in (("options", options), ("ini", ini)):
-        for key in sorted(keys.keys() - SAVED):
+        for key in sorted(k for k in keys if not saved(k)):
             raise StateFileError(
                 path, f"{name} may not set {key!r}: a state file keeps only what the admin "
                       "pages and API change (backends and the Balancing options); set it "
@@ -188,9 +195,8 @@ def canonical(key: str, text: str | None) -> str | None:
     ``30.0`` is not taken for an edit of the ini; text that does not parse is kept."""
     if text is None:
         return None
-    field = key.rsplit(".", 1)[-1] if key.startswith("pool.") else ""
     convert: Callable[..., Any] | None = (
-        POOL_FIELDS[field][0] if field in POOL_FIELDS else _CONVERTERS.get(key))
+        pool_field_converter(key) if key.startswith("pool.") else _CONVERTERS.get(key))
     if convert is None:
         return text
     try:
@@ -232,7 +238,7 @@ def changes(base: Mapping[str, str], current: Mapping[str, str]) -> tuple[Overri
     """What the admin changed from the ini: (options, what the ini said for each).
     Only :data:`SAVED` options: what else runs differently (set in code) is not kept."""
     options: Overrides = {k: v for k, v in current.items()
-                          if k in SAVED and base.get(k) != v}
+                          if saved(k) and base.get(k) != v}
     return options, {k: base.get(k) for k in options}
 
 

@@ -18,7 +18,7 @@ from webob import Request, Response
 
 from ..backend import State, next_state
 from ..errors import ConfigError, StateSaveError
-from ..settings import OPTIONS, Settings
+from ..settings import OPTIONS, PER_POOL, Settings, split_pool_key
 from ..strategies import known_strategies
 from .pages import ACTION_TARGET, Field
 
@@ -52,6 +52,14 @@ BALANCING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Passive checks", ("passive.fall", "passive.status", "passive.cooldown")),
 )
 BALANCING_KEYS: tuple[str, ...] = tuple(k for _, keys in BALANCING_GROUPS for k in keys)
+#: The Balancing options a named pool may set for itself, as ``pool.NAME.KEY``.
+POOL_BALANCING_KEYS: tuple[str, ...] = tuple(k for k in BALANCING_KEYS if k in PER_POOL)
+
+
+def is_pool_balancing_key(key: str) -> bool:
+    """Whether ``key`` is ``pool.NAME.KEY`` for a per-pool Balancing option (any NAME)."""
+    split = split_pool_key(key)
+    return split is not None and split[1] in POOL_BALANCING_KEYS
 _DOCS = {option.name: option.doc for option in OPTIONS}
 
 
@@ -65,7 +73,9 @@ def choices(name: str) -> tuple[str, ...]:
 def balancing_values(balancer: Balancer) -> dict[str, str]:
     """The Balancing options as ini text, as the form and the API show them."""
     current = balancer.current_options()
-    return {key: current[key] for key in BALANCING_KEYS}
+    values = {key: current[key] for key in BALANCING_KEYS}
+    values.update((key, text) for key, text in current.items() if is_pool_balancing_key(key))
+    return values
 
 
 def balancing_fields(values: Mapping[str, str]) -> list[tuple[str, list[Field]]]:
@@ -188,9 +198,10 @@ def put_balancing(balancer: Balancer, request: Request, user: str) -> Response:
         data = read_json(request)
         changes: dict[str, str] = {}
         for key, value in data.items():
-            if key not in BALANCING_KEYS:
+            if key not in BALANCING_KEYS and not _running_pool_key(balancer, key):
                 raise BadBody(f"{key!r} cannot be changed here; known keys: "
-                              + ", ".join(BALANCING_KEYS), key)
+                              + ", ".join(BALANCING_KEYS) + ", and pool.NAME.KEY of a "
+                              "named pool for " + ", ".join(POOL_BALANCING_KEYS), key)
             try:
                 changes[key] = _as_text(value)
             except TypeError:
@@ -204,6 +215,13 @@ def put_balancing(balancer: Balancer, request: Request, user: str) -> Response:
     except StateSaveError as exc:
         return save_error(exc)
     return get_balancing(balancer)
+
+
+def _running_pool_key(balancer: Balancer, key: str) -> bool:
+    """A per-pool Balancing key of a pool that runs (the ini makes pools, not the API)."""
+    split = split_pool_key(key)
+    return is_pool_balancing_key(key) and any(
+        pool.name == split[0] for pool in balancer.settings.pools)  # type: ignore[index]
 
 
 def apply_balancing(balancer: Balancer, changes: Mapping[str, str], user: str) -> None:

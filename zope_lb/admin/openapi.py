@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import BALANCING_KEYS
+from .api import BALANCING_KEYS, POOL_BALANCING_KEYS
 from .auth import CSRF_HEADER, SESSION_COOKIE
+
+#: A named pool's own value of a Balancing option: ``pool.api.health.path``.
+_POOL_KEYS = (r"^pool\.[A-Za-z0-9_-]+\.("
+              + "|".join(k.replace(".", r"\.") for k in POOL_BALANCING_KEYS) + ")$")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -94,11 +98,13 @@ SCHEMAS: dict[str, Any] = {
     "Balancing": {
         "type": "object", "additionalProperties": False,
         "properties": {key: {"type": "string"} for key in BALANCING_KEYS},
+        "patternProperties": {_POOL_KEYS: {"type": "string"}},
         "description": "option name to its value as ini text (see the README's option table)",
     },
     "BalancingChange": {
         "type": "object", "additionalProperties": False,
         "properties": {key: {"type": ["string", "number", "boolean"]} for key in BALANCING_KEYS},
+        "patternProperties": {_POOL_KEYS: {"type": ["string", "number", "boolean"]}},
         "description": "the options to change; those left out keep their value",
     },
 }
