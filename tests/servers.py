@@ -10,7 +10,7 @@ from typing import Any
 import waitress.server
 import waitress.wasyncore
 
-from zope_lb.settings import url_host
+from zope_lb.backendlines import url_host
 
 
 class ServerThread:

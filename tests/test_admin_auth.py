@@ -15,8 +15,8 @@ from webtest import TestApp
 from zope_lb import ConfigError, LoadBalancer
 from zope_lb.admin import AdminApp, Registry, admin_app_factory, registry
 from zope_lb.admin.auth import Accounts, FailureBudget, allowed, same_origin
+from zope_lb.converters import as_networks
 from zope_lb.passwd import hash_password
-from zope_lb.settings import as_networks
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from zope_lb.backend import TRANSITIONS, UNLIMITED_POOL_SIZE, Backend, State, next_state
-from zope_lb.settings import parse_backend_line
+from zope_lb.backendlines import parse_backend_line
 
 EVENTS = ("fail", "recover", "drain", "disable", "enable")
 

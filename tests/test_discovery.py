@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zope_lb.backendlines import BackendSpec, as_dns_server, parse_backend_line
 from zope_lb.discovery import (
     Answer,
     Discovery,
@@ -24,13 +25,7 @@ from zope_lb.discovery import (
     next_lookup,
 )
 from zope_lb.errors import ConfigError
-from zope_lb.settings import (
-    BackendSpec,
-    as_dns_server,
-    format_options,
-    parse_backend_line,
-    parse_settings,
-)
+from zope_lb.settings import format_options, parse_settings
 
 
 def test_resolve_flag_parses_and_is_written_back_as_given():

@@ -10,15 +10,9 @@ import logging
 import pytest
 
 from zope_lb import settings
+from zope_lb.backendlines import BackendSpec, parse_backend_line, parse_backends
 from zope_lb.errors import ConfigError, ZopeLBError
-from zope_lb.settings import (
-    OPTIONS,
-    BackendSpec,
-    Settings,
-    parse_backend_line,
-    parse_backends,
-    parse_settings,
-)
+from zope_lb.settings import OPTIONS, Settings, parse_settings
 
 
 def _config_error(values: dict) -> ConfigError:

@@ -3,8 +3,9 @@
 import logging
 
 from .app import LoadBalancer
+from .backendlines import BackendSpec
 from .errors import ConfigError, UpstreamError
-from .settings import BackendSpec, Settings, parse_settings
+from .settings import Settings, parse_settings
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,7 @@ from .accesslog import AccessLog, Entry, LoggedBody, LoggedList
 from .admin import AdminApp, registry
 from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
+from .backendlines import BackendSpec
 from .discovery import Discovery
 from .errors import BackendTimeout, NoBackendAvailable, UpstreamError
 from .headers import client_address
@@ -39,7 +40,7 @@ from .pages import error_page, refusal_page, upstream_error_page
 from .pool import BackendPool
 from .proxy import SUMMARY, ClientBodyError, Proxy, RequestObserver, Route
 from .requestcheck import BadRequest, check_request
-from .settings import BackendSpec, PoolSpec, Settings, format_options, parse_settings
+from .settings import PoolSpec, Settings, format_options, parse_settings
 from .state import StateFile
 from .strategies import make_strategy
 

@@ -32,7 +32,8 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
 from urllib3.util.wait import wait_for_read
 
-from .settings import BackendSpec, Settings
+from .backendlines import BackendSpec
+from .settings import Settings
 from .stats import BackendStats
 from .upstream import StrictResponse
 

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from zope_lb.backendlines import url_host
 from zope_lb.demo_backend import init_db
 from zope_lb.errors import ConfigError
-from zope_lb.settings import url_host
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from .backendlines import BackendSpec, url_host
 from .errors import ConfigError
-from .settings import BackendSpec, Settings, url_host
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import state
+from .backendlines import parse_backends
 from .errors import ConfigError
 from .settings import (
     OPTIONS,
     PER_POOL,
     POOL_FIELDS,
     format_options,
-    parse_backends,
     parse_settings,
     pool_field_converter,
     pool_key_problem,

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from .settings import as_users
+from .converters import as_users
 
 log = logging.getLogger(__name__)
 

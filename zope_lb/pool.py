@@ -39,8 +39,9 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .backend import Backend, BackendConnectionPool, State
+from .backendlines import BackendSpec
 from .errors import NoBackendAvailable
-from .settings import BackendSpec, Settings
+from .settings import Settings
 from .strategies import Strategy
 
 log = logging.getLogger(__name__)

@@ -59,13 +59,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .admin.api import BALANCING_KEYS, is_pool_balancing_key
+from .backendlines import parse_backends
 from .errors import ConfigError, StateSaveError
 from .settings import (
     OPTIONS,
     Settings,
     format_options,
     format_value,
-    parse_backends,
     parse_settings,
     pool_field_converter,
 )

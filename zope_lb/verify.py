@@ -63,8 +63,8 @@ from typing import Any, cast
 
 import urllib3
 
+from .backendlines import BackendSpec, as_dns_server, parse_backends
 from .errors import ConfigError, UpstreamError
-from .settings import BackendSpec, as_dns_server, parse_backends
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..converters import Network
 from ..headers import public_origin, split_host
 from ..passwd import hash_password, verify_password
-from ..settings import Network
 
 #: How long a login lasts (seconds), however active the session.
 SESSION_MAX_AGE = 8 * 3600
