@@ -162,16 +162,6 @@ def as_prefix(value: object) -> str:
     return text
 
 
-def as_strategy(value: object) -> str:
-    from .strategies import known_strategies
-
-    name = str(value).strip()
-    known = known_strategies()
-    if name not in known:
-        raise ValueError(f"unknown strategy; choose one of: {', '.join(sorted(known))}")
-    return name
-
-
 def as_load_factor(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a number such as 1.25")

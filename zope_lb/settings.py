@@ -51,18 +51,28 @@ from .converters import (
     as_retries,
     as_rules,
     as_statuses,
-    as_strategy,
     as_text,
     as_users,
     as_vhm_base,
     as_vhm_root,
 )
 from .errors import ConfigError
+from .strategies import known_strategies
 
 log = logging.getLogger(__name__)
 
 
 # -- the schema -------------------------------------------------------------------
+
+
+def as_strategy(value: object) -> str:
+    """A strategy name: a built-in or a registered plugin. Here, not among the
+    converters, since only the schema needs to know the strategies."""
+    name = str(value).strip()
+    known = known_strategies()
+    if name not in known:
+        raise ValueError(f"unknown strategy; choose one of: {', '.join(sorted(known))}")
+    return name
 
 
 @dataclass(frozen=True)

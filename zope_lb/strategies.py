@@ -23,12 +23,10 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from .converters import Network
 from .headers import client_address
-
-if TYPE_CHECKING:
-    from .settings import Settings
 
 ENTRY_POINT_GROUP = "zope_lb.strategies"
 
@@ -45,6 +43,19 @@ class Candidate(Protocol):
 
 
 C = TypeVar("C", bound=Candidate)
+
+
+class StrategySettings(Protocol):
+    """What the built-in strategies read of the balancer's
+    :class:`~zope_lb.settings.Settings` (which is what they and plugins are
+    given). A protocol, so this module does not import the schema that
+    lists the strategy names."""
+
+    @property
+    def forwarded_trusted(self) -> tuple[Network, ...]: ...
+
+    @property
+    def hash_load_factor(self) -> float: ...
 
 
 @runtime_checkable
@@ -77,7 +88,7 @@ class RoundRobin:
     and go between picks.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: StrategySettings | None = None) -> None:
         self._score: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -112,7 +123,7 @@ class LeastConnections:
     a cached image): a client busy with slow requests gets fewer new ones.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: StrategySettings | None = None) -> None:
         self._turn = itertools.count()
 
     def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
@@ -139,7 +150,8 @@ class RandomTwo:
     balancer processes each see only their own counts.
     """
 
-    def __init__(self, settings: Settings | None = None, *, rng: random.Random | None = None):
+    def __init__(self, settings: StrategySettings | None = None, *,
+                 rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
     def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
@@ -160,7 +172,7 @@ class First:
     free slot, so the last clients stay idle and can be shut down at night.
     Give each backend a ``maxconn``: without one, the first takes everything."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: StrategySettings | None = None) -> None:
         pass
 
     def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
@@ -239,7 +251,7 @@ class SourceIP(_Hashing):
     right, or REMOTE_ADDR; so clients behind a trusted proxy are told apart.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: StrategySettings | None = None) -> None:
         self._trusted = settings.forwarded_trusted if settings is not None else ()
 
     def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
@@ -261,7 +273,7 @@ class URIHash(_Hashing):
     onto one client, and the cache affinity is kept for everything else.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: StrategySettings | None = None) -> None:
         self.load_factor = settings.hash_load_factor if settings is not None else 1.25
 
     def pick(self, candidates, environ, avoid=()):  # type: ignore[no-untyped-def]
@@ -298,7 +310,7 @@ def known_strategies() -> set[str]:
     return set(BUILTIN) | set(_plugins())
 
 
-def make_strategy(name: str, settings: Settings | None = None) -> Strategy:
+def make_strategy(name: str, settings: StrategySettings | None = None) -> Strategy:
     """A fresh strategy object for ``name`` (built-ins win over plugins)."""
     factory = BUILTIN.get(name)
     if factory is None:
