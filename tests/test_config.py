@@ -321,7 +321,7 @@ def test_setup_logging_reports_what_fileconfig_refuses_in_one_line(tmp_path):
     ini = tmp_path / "log.ini"
     ini.write_text(GOOD.replace("args = (sys.stderr,)", "args = (sys.stderr, 'extra', 3)"))
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from zope_lb.cli import setup_logging; "
+        [sys.executable, "-c", "import sys; from zope_lb.logsetup import setup_logging; "
                                "print(setup_logging(sys.argv[1]))", str(ini)],
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stderr == ""

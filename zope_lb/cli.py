@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import configparser
 import logging
-import logging.config
 import os
 import sys
 import threading
@@ -19,37 +17,9 @@ from typing import Any
 
 from .affinity import confine, parse_cpu
 from .errors import ConfigError
+from .logsetup import setup_logging
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(ini_path: str) -> str | None:
-    """Logging from the ini's ``[loggers]`` sections (as pserve does), else INFO
-    to stderr. waitress's per-queued-request warning is quieted either way.
-
-    Returns the problem, in one line, when the sections cannot be used (INFO to
-    stderr is set up instead): never a traceback for a broken ``[handler_*]``."""
-    problem = None
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(ini_path, encoding="utf-8")
-        if parser.has_section("loggers"):
-            here = os.path.dirname(ini_path)
-            logging.config.fileConfig(
-                ini_path, {"__file__": ini_path, "here": here}, disable_existing_loggers=False,
-                encoding="utf-8",
-            )
-    except Exception as exc:  # fileConfig raises whatever the sections make it raise
-        problem = f"{ini_path}: [loggers] logging cannot be set up: {type(exc).__name__}: {exc}"
-        parser = configparser.ConfigParser()
-    if not parser.has_section("loggers"):
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"
-        )
-    queue_logger = logging.getLogger("waitress.queue")
-    if queue_logger.level == logging.NOTSET:
-        queue_logger.setLevel(logging.ERROR)
-    return problem
 
 
 def start_up(ini_path: str, app_name: str, server_name: str, also: Sequence[str] = ()

@@ -34,6 +34,7 @@ from typing import Any
 from zope_lb.backendlines import url_host
 from zope_lb.demo_backend import init_db
 from zope_lb.errors import ConfigError
+from zope_lb.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
         init_db(db)  # once here, so the clients never race to create the tables
     except sqlite3.Error as exc:
         raise DemoError(f"cannot use {db} as the shared database: {exc}") from None
-
-    from zope_lb.cli import setup_logging
 
     setup_logging(ini)  # the ini's logging, or INFO to stderr without one
 
