@@ -36,10 +36,12 @@ def slow_get(port, seconds, result):
 
 
 def refused(port):
+    """Whether a new connection is turned away: refused, or reset when it raced
+    the listener closing (it reached the backlog of a socket that is gone)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
