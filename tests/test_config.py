@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_process import console_script, production_ini
 
-from zope_lb import inifile
+from zope_lb import inicheck, inifile
 from zope_lb.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,7 +395,7 @@ _bytes = st.one_of(_ini, _edited(), st.builds(lambda text, junk: text + junk,
 def test_fuzz_any_ini_gives_lines_never_a_traceback(tmp_path, data):
     ini = tmp_path / "fuzz.ini"
     ini.write_bytes(data)
-    report = inifile.check_ini(str(ini))
+    report = inicheck.check_ini(str(ini))
     # the checker's last resort ("cannot be checked") would hide a crash: never needed
     assert not any(p.message.startswith("cannot be checked") for p in report.problems), \
         report.problems
@@ -413,7 +413,7 @@ def test_fuzz_finds_problems_in_sections_not_only_the_first(tmp_path):
     """The checker collects: a bad value in the app and a typo in the server both."""
     ini = tmp_path / "two.ini"
     ini.write_text(APP + "retries = lots\n" + SERVER + "thraeds = 4\n")
-    report = inifile.check_ini(str(ini))
+    report = inicheck.check_ini(str(ini))
     assert [(p.section, p.key or p.message.split()[0]) for p in report.problems] == [
         ("app:main", "retries"), ("server:main", "thraeds")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from zope_lb import inifile, state
+from zope_lb import inicheck, state
 from zope_lb.errors import ConfigError
 from zope_lb.settings import (
     OPTIONS,
@@ -154,7 +154,7 @@ def test_check_names_bad_per_pool_keys(tmp_path) -> None:
         "pool.api.helth.path = /@@ok\npool.api.timeout.read = 3\n"
         "pool.api.health.port = 70000\npool.api.vhm.root = /Plone/++api++\n"
         "\n[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:0\n")
-    problems = [str(p) for p in inifile.check_ini(str(ini)).problems]
+    problems = [str(p) for p in inicheck.check_ini(str(ini)).problems]
     text = "\n".join(problems)
     assert "pool.api.helth.path: unknown pool key; did you mean pool.api.health.path?" in text
     assert "pool.api.timeout.read: timeout.read is one value for the whole balancer" in text

@@ -15,7 +15,7 @@ import urllib3
 from serve_process import LOGGING, ServeProcess, production_ini
 from servers import free_port, wait_until
 
-from zope_lb.inifile import check_ini
+from zope_lb.inicheck import check_ini
 from zope_lb.reload import balancers_of, restart_needed
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,8 @@ def start_up(ini_path: str, app_name: str, server_name: str, also: Sequence[str]
              ) -> list[str]:
     """``serve``'s first step: the ini checked as ``zope-lb config`` checks it, then
     logging set up from it. The lines to print (serve then exits 2), or none."""
-    from .inifile import check_ini, collected
+    from .inicheck import check_ini
+    from .inifile import collected
 
     with collected([]):  # serve logs these warnings again once logging is set up
         report = check_ini(ini_path, app_name, server_name, also)
@@ -39,7 +40,8 @@ def start_up(ini_path: str, app_name: str, server_name: str, also: Sequence[str]
 def config(args: argparse.Namespace) -> int:
     """``zope-lb config INI``: check it as ``serve`` would (like ``nginx -t``); print
     the configuration that would run and exit 0, or one line per problem and exit 1."""
-    from .inifile import check_ini, collected, format_report
+    from .inicheck import check_ini
+    from .inifile import collected, format_report
 
     records: list[logging.LogRecord] = []
     with collected(records):

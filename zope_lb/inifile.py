@@ -34,7 +34,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,53 +132,6 @@ class IniReport:
             self.problems.append(problem)
 
 
-def check_ini(path: str, app_name: str = "main", server_name: str | None = "main",
-              also: Sequence[str] = ()) -> IniReport:
-    """Everything ``zope-lb serve`` would read from ``path``, checked; never raises
-    for a bad ini (an unexpected error becomes a problem too)."""
-    path = os.path.abspath(path)
-    report = IniReport(path)
-    try:
-        _check(report, app_name, server_name, also)
-    except Exception as exc:  # the checker must name, never crash: last resort
-        report.add(f"cannot be checked: {type(exc).__name__}: {exc}")
-    return report
-
-
-def _check(report: IniReport, app_name: str, server_name: str | None,
-           also: Sequence[str]) -> None:
-    text = read_text(report)
-    if text is None:
-        return
-    report.lines = key_lines(text)
-    parser = parse(report, text)
-    if parser is None:
-        return
-    broken = _check_interpolation(report, parser)
-    from paste.deploy.loadwsgi import APP, SERVER, ConfigLoader
-
-    try:
-        loader = ConfigLoader(report.path)
-    except Exception as exc:  # same text as above, so only an OS error is left
-        report.add(f"cannot be read: {exc}")
-        return
-    for section, key in broken:  # reported: read them literally to check the rest
-        raw = loader.parser.get(section, key, raw=True)
-        loader.parser.set(section, key, raw.replace("%", "%%"))
-    for name in (app_name, *also):
-        loop = _loop(loader, APP, name)
-        if loop:  # PasteDeploy would recurse until Python gives up
-            report.add(f"is part of itself: {' -> '.join(f'[{s}]' for s in loop)}", loop[-2])
-            continue
-        _walk(report, loader, APP, name, top=True)
-    from .logcheck import check_logging
-    from .servercheck import check_server
-
-    for name in ([server_name] if server_name else []) + list(also):
-        check_server(report, loader, SERVER, name)
-    check_logging(report, text)
-
-
 # -- text and parser -----------------------------------------------------------------
 
 
@@ -266,7 +219,7 @@ def _section_at(text: str, lineno: int) -> str:
     return section
 
 
-def _check_interpolation(report: IniReport, parser: configparser.ConfigParser
+def check_interpolation(report: IniReport, parser: configparser.ConfigParser
                          ) -> list[tuple[str, str]]:
     """Every value PasteDeploy will read, interpolated as it will be; the
     (section, key) pairs that fail."""
@@ -298,7 +251,7 @@ def interpolation_message(exc: Exception) -> str:
 # -- the app, walked as PasteDeploy loads it ---------------------------------------------
 
 
-def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool = False
+def walk_sections(report: IniReport, loader: Any, object_type: Any, name: str, top: bool = False
           ) -> None:
     """Add the sections that make up ``name`` (outermost first); check balancers."""
     from paste.deploy.loadwsgi import FILTER, FILTER_WITH
@@ -322,9 +275,9 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
             report.add(f"a pipeline takes only 'pipeline'; move {', '.join(extra)} to "
                        "the filter or app section", section, extra[0])
         for filter_name in names[:-1]:
-            _walk(report, loader, FILTER, filter_name)
+            walk_sections(report, loader, FILTER, filter_name)
         if names:
-            _walk(report, loader, _app_type(), names[-1])
+            walk_sections(report, loader, _app_type(), names[-1])
         return
     context = load_context(report, loader, object_type, name, section, use)
     if context is None:
@@ -333,10 +286,10 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
         report.chain.append((section, use))
         _factory(report, section, use, context.filter_context)
         next_name = loader.parser.get(section, "next", fallback="")
-        _walk(report, loader, _app_type(), next_name)
+        walk_sections(report, loader, _app_type(), next_name)
         return
     if context.object_type is FILTER_WITH:  # the filter wraps this section's app
-        _walk(report, loader, FILTER, loader.parser.get(section, "filter-with"))
+        walk_sections(report, loader, FILTER, loader.parser.get(section, "filter-with"))
         report.chain.append((section, use))
         _factory(report, section, use, context.next_context)
         return
@@ -344,7 +297,7 @@ def _walk(report: IniReport, loader: Any, object_type: Any, name: str, top: bool
     _factory(report, section, use, context)
 
 
-def _loop(loader: Any, object_type: Any, name: str, inside: tuple[str, ...] = ()
+def section_loop(loader: Any, object_type: Any, name: str, inside: tuple[str, ...] = ()
           ) -> tuple[str, ...]:
     """The sections of a loop through pipelines, ``next`` or ``filter-with``
     starting at ``name``, or () if there is none."""
@@ -368,7 +321,7 @@ def _loop(loader: Any, object_type: Any, name: str, inside: tuple[str, ...] = ()
     if parser.has_option(section, "filter-with"):
         refs.append((FILTER, parser.get(section, "filter-with", raw=True)))
     for ref_type, ref in refs:
-        loop = _loop(loader, ref_type, ref, (*inside, section))
+        loop = section_loop(loader, ref_type, ref, (*inside, section))
         if loop:
             return loop
     return ()

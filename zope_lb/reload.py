@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
-from .inifile import IniReport, check_ini, collected
+from .inicheck import check_ini
+from .inifile import IniReport, collected
 
 log = logging.getLogger(__name__)
 
