@@ -69,6 +69,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     port: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # more environment, kept for restarts
 
     @property
     def address(self) -> str:
@@ -100,13 +101,14 @@ class Server:
             self.process.wait(STOP_TIMEOUT)
 
 
-def _spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Server:
+def _spawn(name: str, argv: list[str], log: Path, cwd: Path,
+           env: dict[str, str] | None = None) -> Server:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent, env={**os.environ, **env} if env else None,
         )
-    return Server(name, process, log)
+    return Server(name, process, log, env=dict(env or {}))
 
 
 def _wait_for_port(server: Server, pattern: str, deadline: float) -> None:
@@ -182,6 +184,8 @@ class ZopeCluster:
     clients: list[Server] = field(default_factory=list)  # shared, through ZEO
     loners: list[Server] = field(default_factory=list)  # each with its own Data.fs
     extras: list[Server] = field(default_factory=list)  # shared, added by a test
+    start_timeout: float = START_TIMEOUT  # seconds for a server to answer
+    bin_dir: Path = BIN  # the venv whose runzeo, mkwsgiinstance and runwsgi are run
 
     @property
     def addresses(self) -> list[str]:
@@ -189,7 +193,7 @@ class ZopeCluster:
 
     def start(self, shared: int = 2, own_storage: int = 1) -> ZopeCluster:
         """Start ZEO, ``shared`` clients on it and ``own_storage`` loners."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         self.zeo = self._start_zeo(deadline)
         loners = [self._client(f"own{i}", shared=False) for i in range(own_storage)]
         first = self._client("client0", shared=True)
@@ -204,7 +208,7 @@ class ZopeCluster:
         free one, and try another if something took it in between."""
         for attempt in range(3):
             port = _free_port()
-            zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+            zeo = _spawn("zeo", [str(self.bin_dir / "runzeo"), "-a", f"127.0.0.1:{port}",
                                  "-f", str(self.base / "Data.fs")],
                          self.base / f"zeo{attempt}.log", self.base)
             self.zeo = zeo  # stop() finds it whatever happens next
@@ -221,7 +225,7 @@ class ZopeCluster:
     def add_client(self, name: str, zeo_host: str) -> Server:
         """Start one more client on the ZEO server, naming it ``zeo_host``
         (e.g. ``localhost``) in its zope.conf; kept out of ``clients``."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         server = self._client(name, shared=True, zeo_host=zeo_host)
         self._announced(server, deadline)
         return server
@@ -234,7 +238,7 @@ class ZopeCluster:
     def _client(self, name: str, shared: bool, zeo_host: str | None = None) -> Server:
         home = self.base / name
         subprocess.run(
-            [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
+            [str(self.bin_dir / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
             check=True, capture_output=True, timeout=60,
         )
         if shared:
@@ -252,11 +256,18 @@ class ZopeCluster:
                               ini.read_text())
         assert count == 1, "mkwsgiinstance's zope.ini has no host/port lines"
         ini.write_text(text)
-        server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
-                        home)
+        env = self.prepare_client(name, home)
+        server = _spawn(name, [str(self.bin_dir / "runwsgi"), str(ini)], self.base / f"{name}.log",
+                        home, env)
         group = self.extras if zeo_host else self.clients if shared else self.loners
         group.append(server)  # stop() finds it
         return server
+
+    def prepare_client(self, name: str, home: Path) -> dict[str, str]:
+        """A hook for a cluster of another kind (tests/plone_cluster.py): change the
+        instance in ``home`` before it first starts; returns more environment
+        variables for its process, kept for restarts."""
+        return {}
 
     def _announced(self, server: Server, deadline: float) -> None:
         _wait_for_port(server, r"Serving on http://127\.0\.0\.1:(\d+)", deadline)
@@ -281,10 +292,10 @@ class ZopeCluster:
                               ini.read_text())
         assert count == 1, f"{ini} has no listen line"
         ini.write_text(text)
-        fresh = _spawn(server.name, [str(BIN / "runwsgi"), str(ini)],
-                       self._next_log(server.name), home)
+        fresh = _spawn(server.name, [str(self.bin_dir / "runwsgi"), str(ini)],
+                       self._next_log(server.name), home, server.env)
         server.process, server.log = fresh.process, fresh.log
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         _wait_for_port(server, rf"Serving on http://127\.0\.0\.1:({server.port})\b", deadline)
         _wait_for_http(server, deadline)
 
@@ -298,11 +309,11 @@ class ZopeCluster:
         assert self.zeo is not None
         port = self.zeo.port
         self.zeo.stop()
-        zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+        zeo = _spawn("zeo", [str(self.bin_dir / "runzeo"), "-a", f"127.0.0.1:{port}",
                              "-f", str(self.base / "Data.fs")],
                      self._next_log("zeo"), self.base)
         self.zeo = zeo  # stop() finds it whatever happens next
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         _wait_for_port(zeo, rf"listening on \('127\.0\.0\.1', ({port})\)", deadline)
         _wait_for_connect(zeo, deadline)
 
