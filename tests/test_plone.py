@@ -55,12 +55,14 @@ def backend_lines(site: PloneSite) -> list[str]:
 
 @pytest.fixture
 def front(serve_process, tmp_path):
-    """``front(site, more_ini)``: the real ``zope-lb serve`` for the site's clients
-    behind a real nginx; returns (balancer process, nginx)."""
+    """``front(site, more_ini, backends=None)``: the real ``zope-lb serve`` for the
+    site's clients (or the ``backends`` lines given) behind a real nginx; returns
+    (balancer process, nginx)."""
     started: list[Nginx] = []
 
-    def start(site: PloneSite, more: str = ""):
-        lb = serve_process(backend_lines(site), app=BALANCER + more)
+    def start(site: PloneSite, more: str = "", backends: list[str] | None = None):
+        lines = backend_lines(site) if backends is None else backends
+        lb = serve_process(lines, app=BALANCER + more)
         proxy = Nginx(tmp_path / "nginx", lb.port,
                       {"X-Forwarded-Proto": "https", "X-Forwarded-Host": HOST})
         started.append(proxy)
