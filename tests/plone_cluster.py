@@ -24,7 +24,7 @@ beside Zope it changes bare Zope too (plone.protect's CSRF guard aborts the
 ZMI writes of the ``zope`` tests, and every client loads Plone's ZCML). Only
 processes run from it (runzeo, mkwsgiinstance, runwsgi, zconsole); the tests
 and ``zope-lb serve`` run in pytest's venv. It is found as
-``$ZOPE_LB_PLONE_VENV``, else ``.plone-venv`` at the top of the checkout, else
+``$PLONE_VENV``, else ``.plone-venv`` at the top of the checkout, else
 pytest's own venv if Plone is there (make one with ``python3 -m venv
 .plone-venv && .plone-venv/bin/pip install -e '.[zope,plone]'``).
 
@@ -101,7 +101,7 @@ SCRIPTS = ("runzeo", "mkwsgiinstance", "runwsgi", "zconsole", "python")
 def plone_bin() -> Path | None:
     """The ``bin`` folder of the venv with Plone (see the module's docstring), or
     None when there is none with Zope, ZEO, Plone and plone.observability."""
-    named = os.environ.get("ZOPE_LB_PLONE_VENV")
+    named = os.environ.get("PLONE_VENV")  # not ZOPE_LB_*: that prefix is the notifier's
     venvs = [Path(named)] if named else [CHECKOUT / ".plone-venv",
                                          Path(sys.executable).parent.parent]
     for venv in venvs:
@@ -235,6 +235,6 @@ def plone_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PloneSite]:
     bin_dir = plone_bin()
     if bin_dir is None:
         pytest.skip("no venv with Plone: python3 -m venv .plone-venv && "
-                    ".plone-venv/bin/pip install -e '.[zope,plone]' (or set ZOPE_LB_PLONE_VENV)")
+                    ".plone-venv/bin/pip install -e '.[zope,plone]' (or set PLONE_VENV)")
     with running_plone(tmp_path_factory.mktemp("plone"), bin_dir) as site:
         yield site
