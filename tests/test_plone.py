@@ -363,9 +363,17 @@ def balancer_health(lb) -> dict:
 
 def test_health_path_at_ok_takes_a_stopped_client_out_and_back(
         plone_site, front):  # noqa: F811
+    """A stopped client is taken out by its probe; an editor pinned to it moves to
+    the other client and stays logged in (the session secret is in the ZODB)."""
     lb, proxy = front(plone_site, "health.path = /Plone/@@ok\nhealth.interval = 0.5\n"
-                                  "health.timeout = 2\nhealth.fall = 2\nhealth.rise = 2\n")
+                                  "health.timeout = 2\nhealth.fall = 2\nhealth.rise = 2\n"
+                                  "affinity = cookie\naffinity.when = __ac\n")
     browser = Browser(proxy.port)
+    editor = Browser(proxy.port)
+    assert log_in(editor, plone_site).status in (302, 303)
+    editor.cookies[COOKIE] = affinity_token("c1")
+    assert editor.get("/@@overview-controlpanel").status == 200
+    assert served_by(lb, editor.agent, 1) == ["c1"]
 
     def states() -> dict[str, tuple[str, str | None]]:
         return {b["id"]: (b["state"], b["reason"]) for b in balancer_health(lb)["backends"]}
@@ -382,6 +390,10 @@ def test_health_path_at_ok_takes_a_stopped_client_out_and_back(
         for _ in range(6):
             assert browser.get("/").status == 200
         assert set(served_by(lb, browser.agent, 6)) == {"c0"}
+        res = editor.get("/@@overview-controlpanel")
+        assert res.status == 200 and "Site Setup" in res.text, "logged out by the move"
+        assert served_by(lb, editor.agent, 1) == ["c0"]
+        assert editor.cookies[COOKIE] == affinity_token("c0")
     finally:
         plone_site.cluster.restart(victim)
     assert wait_until(lambda: states()["c1"][0] == "up", 15), states()
