@@ -82,6 +82,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     port: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # more environment, kept for restarts
 
     @property
     def address(self) -> str:
@@ -113,13 +114,14 @@ class Server:
             self.process.wait(STOP_TIMEOUT)
 
 
-def _spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Server:
+def _spawn(name: str, argv: list[str], log: Path, cwd: Path,
+           env: dict[str, str] | None = None) -> Server:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent, env={**os.environ, **env} if env else None,
         )
-    return Server(name, process, log)
+    return Server(name, process, log, env=dict(env or {}))
 
 
 def _wait_for_port(server: Server, pattern: str, deadline: float) -> None:
@@ -197,13 +199,13 @@ RELSTORAGE_CLIENT = """%import relstorage
 </zodb_db>"""
 
 
-def make_instance(base: Path, name: str, zodb_db: str | None) -> Path:
-    """``mkwsgiinstance`` in ``base/name``, listening on 127.0.0.1 port 0, its
-    ``<zodb_db main>`` replaced by ``zodb_db`` (None: its own FileStorage).
-    Returns the zope.ini to run."""
+def make_instance(base: Path, name: str, zodb_db: str | None, bin_dir: Path = BIN) -> Path:
+    """``mkwsgiinstance`` (from ``bin_dir``) in ``base/name``, listening on
+    127.0.0.1 port 0, its ``<zodb_db main>`` replaced by ``zodb_db`` (None: its
+    own FileStorage). Returns the zope.ini to run."""
     home = base / name
     subprocess.run(
-        [str(BIN / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
+        [str(bin_dir / "mkwsgiinstance"), "-d", str(home), "-u", f"{USER}:{PASSWORD}"],
         check=True, capture_output=True, timeout=60,
     )
     if zodb_db is not None:
@@ -229,6 +231,8 @@ class ZopeCluster:
     clients: list[Server] = field(default_factory=list)  # shared, through ZEO
     loners: list[Server] = field(default_factory=list)  # each with its own Data.fs
     extras: list[Server] = field(default_factory=list)  # shared, added by a test
+    start_timeout: float = START_TIMEOUT  # seconds for a server to answer
+    bin_dir: Path = BIN  # the venv whose runzeo, mkwsgiinstance and runwsgi are run
 
     @property
     def addresses(self) -> list[str]:
@@ -236,7 +240,7 @@ class ZopeCluster:
 
     def start(self, shared: int = 2, own_storage: int = 1) -> ZopeCluster:
         """Start ZEO, ``shared`` clients on it and ``own_storage`` loners."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         self.zeo = self._start_zeo(deadline)
         loners = [self._client(f"own{i}", shared=False) for i in range(own_storage)]
         first = self._client("client0", shared=True)
@@ -251,7 +255,7 @@ class ZopeCluster:
         free one, and try another if something took it in between."""
         for attempt in range(3):
             port = _free_port()
-            zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+            zeo = _spawn("zeo", [str(self.bin_dir / "runzeo"), "-a", f"127.0.0.1:{port}",
                                  "-f", str(self.base / "Data.fs")],
                          self.base / f"zeo{attempt}.log", self.base)
             self.zeo = zeo  # stop() finds it whatever happens next
@@ -268,7 +272,7 @@ class ZopeCluster:
     def add_client(self, name: str, zeo_host: str) -> Server:
         """Start one more client on the ZEO server, naming it ``zeo_host``
         (e.g. ``localhost``) in its zope.conf; kept out of ``clients``."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         server = self._client(name, shared=True, zeo_host=zeo_host)
         self._announced(server, deadline)
         return server
@@ -284,12 +288,19 @@ class ZopeCluster:
         if shared:
             assert self.zeo is not None
             zodb_db = ZEO_CLIENT.format(server=f"{zeo_host or '127.0.0.1'}:{self.zeo.port}")
-        ini = make_instance(self.base, name, zodb_db)
-        server = _spawn(name, [str(BIN / "runwsgi"), str(ini)], self.base / f"{name}.log",
-                        home)
+        ini = make_instance(self.base, name, zodb_db, self.bin_dir)
+        env = self.prepare_client(name, home)
+        server = _spawn(name, [str(self.bin_dir / "runwsgi"), str(ini)],
+                        self.base / f"{name}.log", home, env)
         group = self.extras if zeo_host else self.clients if shared else self.loners
         group.append(server)  # stop() finds it
         return server
+
+    def prepare_client(self, name: str, home: Path) -> dict[str, str]:
+        """A hook for a cluster of another kind (tests/plone_cluster.py): change the
+        instance in ``home`` before it first starts; returns more environment
+        variables for its process, kept for restarts."""
+        return {}
 
     def _announced(self, server: Server, deadline: float) -> None:
         _wait_for_port(server, r"Serving on http://127\.0\.0\.1:(\d+)", deadline)
@@ -314,10 +325,10 @@ class ZopeCluster:
                               ini.read_text())
         assert count == 1, f"{ini} has no listen line"
         ini.write_text(text)
-        fresh = _spawn(server.name, [str(BIN / "runwsgi"), str(ini)],
-                       self._next_log(server.name), home)
+        fresh = _spawn(server.name, [str(self.bin_dir / "runwsgi"), str(ini)],
+                       self._next_log(server.name), home, server.env)
         server.process, server.log = fresh.process, fresh.log
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         _wait_for_port(server, rf"Serving on http://127\.0\.0\.1:({server.port})\b", deadline)
         _wait_for_http(server, deadline)
 
@@ -331,11 +342,11 @@ class ZopeCluster:
         assert self.zeo is not None
         port = self.zeo.port
         self.zeo.stop()
-        zeo = _spawn("zeo", [str(BIN / "runzeo"), "-a", f"127.0.0.1:{port}",
+        zeo = _spawn("zeo", [str(self.bin_dir / "runzeo"), "-a", f"127.0.0.1:{port}",
                              "-f", str(self.base / "Data.fs")],
                      self._next_log("zeo"), self.base)
         self.zeo = zeo  # stop() finds it whatever happens next
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         _wait_for_port(zeo, rf"listening on \('127\.0\.0\.1', ({port})\)", deadline)
         _wait_for_connect(zeo, deadline)
 
