@@ -279,3 +279,35 @@ def test_the_container_examples_are_valid_resolve_lines():
     assert kinds and all(kind == "a" for kind in kinds)
     srv = re.search(r"^#\s+(_http\._tcp\.\S+\s+resolve=srv)$", read(), re.M).group(1)
     assert parse_settings({"backends": srv}).backends[0].resolve == "srv"
+
+
+def test_the_plone_6_inis_are_what_zope_lb_config_accepts(tmp_path):
+    """The complete inis of *Plone 6 Classic UI* and *Plone 6 with Volto*, checked
+    as ``zope-lb config`` checks them, and saying what their text says."""
+    from zope_lb.inicheck import check_ini
+    from zope_lb.settings import parse_settings
+
+    settings = []
+    for heading in ("## Plone 6 Classic UI", "## Plone 6 with Volto"):
+        blocks = [b for b in ini_blocks(heading) if "[app:main]" in b]
+        assert len(blocks) == 1, heading
+        ini = tmp_path / "production.ini"
+        ini.write_text(blocks[0], encoding="utf-8")
+        report = check_ini(str(ini))
+        assert report.problems == [], (heading, report.problems)
+        (balancer,) = report.balancers
+        settings.append(parse_settings({k: v for k, v in balancer.local_conf.items()
+                                        if k != "use"}))
+    classic, volto = settings
+    assert classic.vhm_root == "/Plone" and classic.affinity_when == "__ac"
+    assert classic.health_path == "/Plone/@@ok" and classic.health_port == 0
+    assert [p.name for p in volto.pools] == ["api"]
+    api = volto.pool_settings(volto.pools[0])
+    assert (api.vhm_root, api.vhm_strip, api.vhm_base) == (
+        "/Plone/++api++", "/++api++", "https://www.example.com")
+    assert (api.health_path, api.health_port) == ("/ready", 8081)
+    assert (api.affinity, api.affinity_when) == ("cookie", "auth_token")
+    assert volto.vhm_root == "" and volto.health_port == 0  # the frontends: paths unchanged
+    text = read()
+    assert "http://10.0.0.2:6543/++api++" in text  # the internal API path: a listen address
+    assert "10.0.0.2:6543" in ini_blocks("## Plone 6 with Volto")[-1]
