@@ -329,9 +329,9 @@ format = %(message)s
 """
 
 
-def test_the_documented_ini_routes_the_access_log_to_its_own_file(tmp_path, backend):
-    """docs/notes/accesslog.md's logging sections: the lines go to their own
-    file, bare, and not to the main log."""
+def test_logging_sections_route_the_access_log_to_its_own_file(tmp_path, backend):
+    """Logging sections that give zope_lb.access a file of its own, as the
+    README's do: the lines go there, bare, and not to the main log."""
     port = free_port()
     ini = tmp_path / "production.ini"
     ini.write_text(production_ini([backend.address], port, logging=False)

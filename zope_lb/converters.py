@@ -37,7 +37,7 @@ def as_bool(value: object) -> bool:
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
 
-#: The bounds of every number (see docs/notes/trust.md): wide enough for any
+#: The bounds of every number (the README lists them): wide enough for any
 #: real Plone site, narrow enough that a typo cannot hang or flood anything.
 MAX_MAXCONN = 10_000  # urllib3 sizes each backend's pool by it at once
 #: uri_hash and source_ip put 100 ring points per unit of weight: ten backends at
