@@ -489,34 +489,55 @@ def test_volto_site_api_pool_on_plone_with_public_ids_and_the_rest_to_the_fronte
     for address in plone_site.addresses:
         assert address not in res.text
 
-    # A token from @login; a document written through c0 is read back through c1.
+    # A token from @login; documents written through c0 are read back through c1.
     res = api(browser, "POST", "/++api++/@login", "c0",
               {"login": plone_site.user, "password": plone_site.password})
     assert res.status == 200, res.text[:500]
     token = res.json()["token"]
-    name = f"volto-{uuid.uuid4().hex[:8]}"
-    title = f"Written through the api pool on c0 {uuid.uuid4()}"
-    res = api(browser, "POST", "/++api++/", "c0",
-              {"@type": "Document", "id": name, "title": title}, token)
-    assert res.status == 201, res.text[:500]
-    assert res.json()["@id"] == f"{PUBLIC}/{name}", res.json()["@id"]
-    assert_public_ids(res.json())
+    tag = f"tag{uuid.uuid4().hex[:12]}"  # one word, to find exactly these documents
+    names = [f"volto-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     try:
-        read: list[dict] = []
+        for name in names:
+            res = api(browser, "POST", "/++api++/", "c0",
+                      {"@type": "Document", "id": name, "title": f"Written on c0 {tag}"},
+                      token)
+            assert res.status == 201, res.text[:500]
+            assert res.json()["@id"] == f"{PUBLIC}/{name}", res.json()["@id"]
+            assert_public_ids(res.json())
+        read: list[Answer] = []
 
         def read_on_c1() -> bool:
-            answer = api(browser, "GET", f"/++api++/{name}", "c1", token=token)
-            if answer.status == 200 and answer.json()["title"] == title:
-                read.append(answer.json())
+            answer = api(browser, "GET", f"/++api++/{names[-1]}", "c1", token=token)
+            if answer.status == 200 and tag in answer.json()["title"]:
+                read.append(answer)
             return bool(read)
         assert wait_until(read_on_c1, 15, interval=0.2)
-        assert read[0]["@id"] == f"{PUBLIC}/{name}", read[0]["@id"]
-        assert_public_ids(read[0])
+        assert read[0].json()["@id"] == f"{PUBLIC}/{names[-1]}", read[0].json()["@id"]
+        assert_public_ids(read[0].json())
+        assert "++api++" not in read[0].text
+
+        # A batched search through c1: its batching links are built from the URL of
+        # the request as Plone saw it, so they show what vhm.strip removed.
+        res = api(browser, "GET", f"/++api++/@search?SearchableText={tag}&b_size=1",
+                  "c1", token=token)
+        assert res.status == 200, res.text[:500]
+        found = res.json()
+        assert found["items_total"] == 2, found
+        assert {item["@id"] for item in found["items"]} <= {f"{PUBLIC}/{n}" for n in names}
+        links = found["batching"]
+        assert {"@id", "first", "next", "last"} <= set(links), links
+        for key in ("@id", "first", "next", "last"):
+            assert links[key].startswith(f"{PUBLIC}/@search?"), links
+        assert_public_ids(found)
+        assert "++api++" not in res.text
+
         backends = [(e["method"], e["backend"]) for e in access_lines(lb, browser.agent)]
-        assert backends[:3] == [("GET", "c0"), ("POST", "c0"), ("POST", "c0")], backends
-        assert backends[-1] == ("GET", "c1"), backends
+        assert backends[:4] == [("GET", "c0"), ("POST", "c0"), ("POST", "c0"),
+                                ("POST", "c0")], backends
+        assert backends[-2:] == [("GET", "c1"), ("GET", "c1")], backends
     finally:
-        api(browser, "DELETE", f"/++api++/{name}", "c0", token=token)
+        for name in names:
+            api(browser, "DELETE", f"/++api++/{name}", "c0", token=token)
     assert not [r for r in volto.requests if r["headers"].get("User-Agent") == browser.agent]
 
     # Everything else goes to the frontend as sent: no VHM, X-Forwarded-* set.
