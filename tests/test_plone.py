@@ -4,6 +4,10 @@ browser -> Debian's nginx (plain http here, sending ``X-Forwarded-Proto: https``
 ``zope-lb serve`` (``vhm.root = /Plone``, ``vhm.base = auto``, ``forwarded.trusted``)
 -> two Zope clients with Plone, sharing one ZEO server (tests/plone_cluster.py).
 
+A Volto-style site (a Python stand-in for the Node frontend as the default pool, an
+``api`` pool with ``vhm.strip`` on the clients) and ``health.port`` on
+plone.observability's ``/ready`` run through the same nginx and ``zope-lb serve``.
+
 Zope does not say which client answered, so the tests read it from zope_lb's own
 access log (``access_log = json``: one line per request, with the backend's id);
 each simulated browser sends a User-Agent of its own so its lines are told apart.
@@ -475,6 +479,7 @@ def test_volto_site_api_pool_on_plone_with_public_ids_and_the_rest_to_the_fronte
         states()
     assert wait_until(lambda: any(r["path"] == "/" and r["method"] == "GET"
                                   for r in volto.requests), 5)
+    assert not any(r["path"].startswith("/Plone") for r in volto.requests)
 
     # The API: the site's JSON, every @id public and without ++api++.
     res = api(browser, "GET", "/++api++/", "c0")
