@@ -4,6 +4,10 @@ browser -> Debian's nginx (plain http here, sending ``X-Forwarded-Proto: https``
 ``zope-lb serve`` (``vhm.root = /Plone``, ``vhm.base = auto``, ``forwarded.trusted``)
 -> two Zope clients with Plone, sharing one ZEO server (tests/plone_cluster.py).
 
+A Volto-style site (a Python stand-in for the Node frontend as the default pool, an
+``api`` pool with ``vhm.strip`` on the clients) and ``health.port`` on
+plone.observability's ``/ready`` run through the same nginx and ``zope-lb serve``.
+
 Zope does not say which client answered, so the tests read it from zope_lb's own
 access log (``access_log = json``: one line per request, with the backend's id);
 each simulated browser sends a User-Agent of its own so its lines are told apart.
@@ -24,13 +28,14 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from apps import Echo
 from nginx import Nginx, available
 from plone_cluster import (  # noqa: F401  (plone_site is a fixture)
     PloneSite,
     get_status,
     plone_site,
 )
-from servers import wait_until
+from servers import ServerThread, wait_until
 
 from zope_lb.pool import affinity_token
 
@@ -55,14 +60,16 @@ def backend_lines(site: PloneSite) -> list[str]:
 
 @pytest.fixture
 def front(serve_process, tmp_path):
-    """``front(site, more_ini, backends=None)``: the real ``zope-lb serve`` for the
-    site's clients (or the ``backends`` lines given) behind a real nginx; returns
+    """``front(site, more_ini, backends=None, base=BALANCER)``: the real ``zope-lb
+    serve`` for the site's clients (or the ``backends`` lines given), with ``base``
+    then ``more_ini`` in ``[app:main]``, behind a real nginx; returns
     (balancer process, nginx)."""
     started: list[Nginx] = []
 
-    def start(site: PloneSite, more: str = "", backends: list[str] | None = None):
+    def start(site: PloneSite, more: str = "", backends: list[str] | None = None,
+              base: str = BALANCER):
         lines = backend_lines(site) if backends is None else backends
-        lb = serve_process(lines, app=BALANCER + more)
+        lb = serve_process(lines, app=base + more)
         proxy = Nginx(tmp_path / "nginx", lb.port,
                       {"X-Forwarded-Proto": "https", "X-Forwarded-Host": HOST})
         started.append(proxy)
@@ -400,3 +407,201 @@ def test_health_path_at_ok_takes_a_stopped_client_out_and_back(
     for _ in range(4):
         assert browser.get("/").status == 200
     assert sorted(set(served_by(lb, browser.agent, 4))) == ["c0", "c1"]
+
+
+# ---------------------------------------------------------------- Plone 6 with Volto
+
+# The README's Volto ini, scaled down: the default pool is the Volto (Node) frontend,
+# paths unchanged and no VirtualHostMonster; the ``api`` pool takes ``/++api++`` to
+# the Plone clients, rewritten and stripped; health per pool.
+VOLTO = """
+forwarded.trusted = 127.0.0.1
+access_log = json
+health.path = /
+health.interval = 0.5
+pool.api.match = path:/++api++
+pool.api.vhm.root = /Plone/++api++
+pool.api.vhm.strip = /++api++
+pool.api.vhm.base = https://www.example.com
+pool.api.health.path = /Plone/@@ok
+pool.api.health.interval = 0.5
+pool.api.affinity = cookie
+"""
+
+
+def all_ids(data: object) -> list[str]:
+    """Every ``@id`` anywhere in a JSON document (nested objects and lists too)."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == "@id" and isinstance(value, str):
+                found.append(value)
+            found.extend(all_ids(value))
+    elif isinstance(data, list):
+        for item in data:
+            found.extend(all_ids(item))
+    return found
+
+
+def assert_public_ids(data: object) -> list[str]:
+    """Every ``@id`` names the public site, without ``++api++`` or ``/Plone``."""
+    ids = all_ids(data)
+    for url in ids:
+        assert url == PUBLIC or url.startswith(f"{PUBLIC}/"), url
+        assert "++api++" not in url, url
+        assert not urlsplit(url).path.startswith("/Plone"), url
+    return ids
+
+
+@pytest.fixture
+def volto_frontend():
+    """A stand-in for the Volto Node server: answers JSON describing each request it got."""
+    app = Echo("volto")
+    server = ServerThread(app).start()
+    yield server, app
+    server.stop()
+
+
+def test_volto_site_api_pool_on_plone_with_public_ids_and_the_rest_to_the_frontend(
+        plone_site, front, volto_frontend):  # noqa: F811
+    frontend, volto = volto_frontend
+    api_backends = "\n    ".join(backend_lines(plone_site))
+    lb, proxy = front(plone_site, f"pool.api.backends =\n    {api_backends}\n",
+                      backends=[f"{frontend.address}  id=volto"], base=VOLTO)
+    browser = Browser(proxy.port)
+
+    def states() -> dict[str, str]:
+        return {b["id"]: b["state"] for b in balancer_health(lb)["backends"]}
+
+    # health per pool: the frontend is probed at / (the Echo records it), the
+    # clients at /Plone/@@ok.
+    assert wait_until(lambda: states() == {"volto": "up", "c0": "up", "c1": "up"}, 10), \
+        states()
+    assert wait_until(lambda: any(r["path"] == "/" and r["method"] == "GET"
+                                  for r in volto.requests), 5)
+    assert not any(r["path"].startswith("/Plone") for r in volto.requests)
+
+    # The API: the site's JSON, every @id public and without ++api++.
+    res = api(browser, "GET", "/++api++/", "c0")
+    assert res.status == 200, res.text[:500]
+    assert "application/json" in (res.header("Content-Type") or "")
+    root = res.json()
+    assert root["@type"] == "Plone Site"
+    assert root["@id"] == PUBLIC, root["@id"]
+    ids = assert_public_ids(root)
+    assert len(ids) >= 3, ids  # the site, its components, its items
+    assert "++api++" not in res.text  # nor anywhere else in the answer
+    for address in plone_site.addresses:
+        assert address not in res.text
+
+    # A token from @login; documents written through c0 are read back through c1.
+    res = api(browser, "POST", "/++api++/@login", "c0",
+              {"login": plone_site.user, "password": plone_site.password})
+    assert res.status == 200, res.text[:500]
+    token = res.json()["token"]
+    tag = f"tag{uuid.uuid4().hex[:12]}"  # one word, to find exactly these documents
+    names = [f"volto-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        for name in names:
+            res = api(browser, "POST", "/++api++/", "c0",
+                      {"@type": "Document", "id": name, "title": f"Written on c0 {tag}"},
+                      token)
+            assert res.status == 201, res.text[:500]
+            assert res.json()["@id"] == f"{PUBLIC}/{name}", res.json()["@id"]
+            assert_public_ids(res.json())
+        read: list[Answer] = []
+
+        def read_on_c1() -> bool:
+            answer = api(browser, "GET", f"/++api++/{names[-1]}", "c1", token=token)
+            if answer.status == 200 and tag in answer.json()["title"]:
+                read.append(answer)
+            return bool(read)
+        assert wait_until(read_on_c1, 15, interval=0.2)
+        assert read[0].json()["@id"] == f"{PUBLIC}/{names[-1]}", read[0].json()["@id"]
+        assert_public_ids(read[0].json())
+        assert "++api++" not in read[0].text
+
+        # A batched search through c1: its batching links are built from the URL of
+        # the request as Plone saw it, so they show what vhm.strip removed.
+        res = api(browser, "GET", f"/++api++/@search?SearchableText={tag}&b_size=1",
+                  "c1", token=token)
+        assert res.status == 200, res.text[:500]
+        found = res.json()
+        assert found["items_total"] == 2, found
+        assert {item["@id"] for item in found["items"]} <= {f"{PUBLIC}/{n}" for n in names}
+        links = found["batching"]
+        assert {"@id", "first", "next", "last"} <= set(links), links
+        for key in ("@id", "first", "next", "last"):
+            assert links[key].startswith(f"{PUBLIC}/@search?"), links
+        assert_public_ids(found)
+        assert "++api++" not in res.text
+
+        backends = [(e["method"], e["backend"]) for e in access_lines(lb, browser.agent)]
+        assert backends[:4] == [("GET", "c0"), ("POST", "c0"), ("POST", "c0"),
+                                ("POST", "c0")], backends
+        assert backends[-2:] == [("GET", "c1"), ("GET", "c1")], backends
+    finally:
+        for name in names:
+            api(browser, "DELETE", f"/++api++/{name}", "c0", token=token)
+    assert not [r for r in volto.requests if r["headers"].get("User-Agent") == browser.agent]
+
+    # Everything else goes to the frontend as sent: no VHM, X-Forwarded-* set.
+    page = Browser(proxy.port)
+    for path in ("/", "/news?b_size=5", "/news/a-page"):
+        res = page.get(path)
+        assert res.status == 200, res.text[:500]
+        assert res.header("X-Backend") == "volto"
+        got = res.json()
+        sent_path, _, query = path.partition("?")
+        assert (got["method"], got["path"], got["query"]) == ("GET", sent_path, query), got
+        assert got["uri"] == path, got
+        headers = got["headers"]
+        assert headers["Host"] == HOST, headers
+        assert headers["X-Forwarded-Proto"] == "https", headers
+        assert headers["X-Forwarded-Host"] == HOST, headers
+        assert headers["X-Forwarded-For"].split(",")[0].strip() == "127.0.0.1", headers
+    assert served_by(lb, page.agent, 3) == ["volto"] * 3
+    seen = [r["uri"] for r in volto.requests if r["headers"].get("User-Agent") == page.agent]
+    assert seen == ["/", "/news?b_size=5", "/news/a-page"], seen
+    assert not any("VirtualHost" in (r["uri"] or "") for r in volto.requests)
+
+
+# ---------------------------------------------------------------- health.port
+
+
+def test_health_port_probes_plone_observability_readiness_and_follows_a_stopped_client(
+        plone_site, front):  # noqa: F811
+    """One client, probed at plone.observability's ``/ready`` on its own port (the
+    two clients of the fixture have two probe ports: one ``health.port`` each)."""
+    victim = plone_site.clients[1]
+    probe_port = plone_site.cluster.health_port(victim)
+    assert get_status(victim.port, "/ready") == 404  # only the probe port has /ready
+    lb, proxy = front(plone_site, "health.path = /ready\n"
+                                  f"health.port = {probe_port}\nhealth.interval = 0.5\n"
+                                  "health.timeout = 2\nhealth.fall = 2\nhealth.rise = 2\n",
+                      backends=[f"{victim.address}  id=c1"])
+    browser = Browser(proxy.port)
+
+    def state() -> tuple[str, str | None]:
+        (row,) = balancer_health(lb)["backends"]
+        return row["state"], row["reason"]
+
+    # up by its /ready: on the main port /ready is a 404, so only the probe port passes
+    assert wait_until(lambda: state()[0] == "up", 10), state()
+    seen: list[str] = []  # and stays up over several probes (a 404 is down in ~1 s)
+    assert wait_until(lambda: bool(seen.append(state()[0])) or len(seen) >= 6, 10,
+                      interval=0.5)
+    assert set(seen) == {"up"}, seen
+    assert browser.get("/").status == 200
+    try:
+        victim.stop()
+        assert wait_until(lambda: state()[0] == "down", 10), state()
+        reason = state()[1] or ""
+        assert f"probe port {probe_port}" in reason, reason
+        assert "refused" in reason.lower(), reason
+        assert browser.get("/").status == 503
+    finally:
+        plone_site.cluster.restart(victim)
+    plone_site.cluster.wait_for_health_servers()
+    assert wait_until(lambda: state()[0] == "up", 15), state()
+    assert browser.get("/").status == 200
