@@ -13,11 +13,11 @@ Bounded: every socket has a 5 s timeout, a trickled head takes at most
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable
+
+from servers import RawServer, read_head
 
 TRICKLE_SECONDS = 3.0
 #: how long after its answer ``late-leftover`` writes a stale one
@@ -88,61 +88,29 @@ REFUSED = ("bare-cr", "nul", "obs-fold", "space-before-colon", "differing-length
            "switching-protocols", "bad-chunk-size")
 
 
-class MisbehavingBackend:
+class MisbehavingBackend(RawServer):
     """The raw backend. ``trickle`` (a mode of its own) sends the head a byte at a
     time, ``interval`` seconds apart, for at most TRICKLE_SECONDS;
     ``processing-forever`` sends a ``102 Processing`` every ``interval`` seconds
     for as long, and never a final answer."""
 
+    join_timeout = TRICKLE_SECONDS + 5
+
     def __init__(self, interval: float = 0.1):
         self.interval = interval
         self.requests: list[tuple[str, str, str]] = []  # (method, token, mode)
         self.heads: list[bytes] = []  # each request's head, as received
-        self.connections = 0
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._running = True
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._open: list[socket.socket] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__(backlog=64)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            with self._lock:
-                self.connections += 1
-                self._open.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         buffer = b""
         with conn:
             while self._running:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)  # requests carry no body here
+                got = read_head(conn, buffer)
+                if got is None:
+                    return
+                head, buffer = got  # requests carry no body here
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
                 fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
@@ -178,14 +146,3 @@ class MisbehavingBackend:
                 return
             conn.sendall(data[index:index + step])
             time.sleep(self.interval)
-
-    def stop(self) -> None:
-        self._running = False
-        self._accepter.join(5)
-        self._sock.close()
-        with self._lock:
-            for conn in self._open:  # wake the handlers blocked in recv
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(TRICKLE_SECONDS + 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -118,7 +119,77 @@ def run_concurrently(work: Any, count: int, timeout: float = 30.0) -> list[BaseE
     return errors
 
 
-class ScriptedServer:
+def read_head(conn: socket.socket, buffer: bytes) -> tuple[bytes, bytes] | None:
+    """The next request head on ``conn`` (without its blank line) and what came
+    after it, reading on from ``buffer``; None when the client closed or failed."""
+    while b"\r\n\r\n" not in buffer:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return None
+        if not data:
+            return None
+        buffer += data
+    head, rest = buffer.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+class RawServer:
+    """A listening socket on 127.0.0.1 and a thread per connection, for the raw
+    test servers below and in misbehaving.py: ``handle(conn)`` serves one
+    connection. ``stop()`` wakes the handlers still in ``recv`` and waits for
+    them, each at most ``join_timeout`` seconds."""
+
+    join_timeout = 5.0
+
+    def __init__(self, backlog: int = 16):
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(backlog)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._running = True
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._open: list[socket.socket] = []
+        self._accept_thread = threading.Thread(target=self._accept, daemon=True)
+        self._accept_thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            with self._lock:
+                self.connections += 1
+                self._open.append(conn)
+            thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._running = False
+        self._accept_thread.join(5)
+        self._sock.close()
+        with self._lock:
+            for conn in self._open:  # wake the handlers blocked in recv
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(self.join_timeout)
+
+
+class ScriptedServer(RawServer):
     """A raw HTTP/1.1 server on 127.0.0.1 for what waitress will not do on purpose:
     send hop-by-hop headers, send garbage, or close a keep-alive connection just as
     the next request on it arrives (the stale keep-alive race).
@@ -134,33 +205,8 @@ class ScriptedServer:
         self.close_after = close_after
         self.requests: list[bytes] = []
         self.bodies: list[bytes] = []
-        self.connections = 0
         self.closed = 0
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._running = True
-        self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept, daemon=True)
-        self._accept_thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            thread = threading.Thread(target=self._serve_counted, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -168,15 +214,10 @@ class ScriptedServer:
         index = 0
         with conn:
             while self._running:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                got = read_head(conn, buffer)
+                if got is None:
+                    return
+                head, buffer = got
                 length = 0
                 chunked = False
                 for line in head.split(b"\r\n")[1:]:
@@ -221,15 +262,9 @@ class ScriptedServer:
                 if self.close_after:
                     return
 
-    def _serve_counted(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         try:
             self._serve(conn)
         finally:
             self.closed += 1
 
-    def stop(self) -> None:
-        self._running = False
-        self._accept_thread.join(5)
-        self._sock.close()
-        for thread in self._threads:
-            thread.join(5)
