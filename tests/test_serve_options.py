@@ -12,9 +12,9 @@ from zope_lb.server import (
     MAX_REQUEST_BODY_SIZE,
     OUTBUF_HIGH_WATERMARK,
     Deadlines,
+    bind_server,
     connection_limit,
     in_flight,
-    load_server,
     overdue,
     waitress_options,
 )
@@ -116,7 +116,7 @@ def test_a_misspelt_server_setting_names_the_section(tmp_path):
     ini.write_text("[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:0\n"
                    "conection_limit = 5\n")
     with pytest.raises(ConfigError, match=r"\[server:main\].*conection_limit"):
-        load_server(f"config:{ini}")
+        bind_server(f"config:{ini}", "main", None)
 
 
 def test_egg_zope_lb_server_is_the_server_factory():

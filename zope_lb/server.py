@@ -486,16 +486,6 @@ def check_options(ini: Mapping[str, Any], name: str) -> None:
         raise ConfigError(f"[server:{name}]", None, str(exc)) from None
 
 
-def load_server(uri: str, name: str = "main") -> Callable[[Any], int]:
-    """The runner of ``[server:NAME]`` in ``uri``: for waitress (or ours), the
-    server above with the section's values; for any other server, its own runner.
-    A bad value in the section raises ConfigError here, before any app runs."""
-    options = _waitress_section(uri, name)
-    if options is None:
-        return _other_runner(uri, name)
-    return lambda app: Server(app, options).run()
-
-
 def bind_server(uri: str, name: str, app: Any) -> Callable[[], int]:
     """``[server:NAME]`` of ``uri`` made ready to serve ``app``: for waitress (or
     ours) the listening sockets are bound here, so an address in use raises
