@@ -133,6 +133,12 @@ class BackendPool:
                      and (b.state is up or b.available(now))]
         if primaries and (not avoid or any(b not in avoid for b in primaries)):
             return primaries
+        return self._backups(backends, now)
+
+    @staticmethod
+    def _backups(backends: tuple[Backend, ...], now: float) -> list[Backend]:
+        """Backups that may take requests now (up or available, weight above 0)."""
+        up = State.UP
         return [b for b in backends if b.backup and b.base_weight > 0
                 and (b.state is up or b.available(now))]
 
@@ -149,10 +155,8 @@ class BackendPool:
                       avoid: Collection[Backend]) -> Backend | None:
         """A backup with a free slot, for a request the full primaries cannot
         take in time; its slot is taken. Called with the lock held."""
-        now = self.clock()
-        spare = [b for b in self.backends if b.backup and b.base_weight > 0
-                 and b not in avoid and (b.state is State.UP or b.available(now))
-                 and (not b.maxconn or b.active < b.maxconn)]
+        spare = [b for b in self._backups(self.backends, self.clock())
+                 if b not in avoid and (not b.maxconn or b.active < b.maxconn)]
         if not spare:
             return None
         backend = strategy.pick(spare, environ, avoid)
