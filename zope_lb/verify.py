@@ -63,7 +63,7 @@ from typing import Any, cast
 
 import urllib3
 
-from .backendlines import BackendSpec, as_dns_server, parse_backends
+from .backendlines import BackendSpec, as_dns_server, parse_backends, url_host
 from .errors import ConfigError, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,7 @@ def relstorage_database(location: str) -> Database | None:
 
 def host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{url_host(host)}:{port}"
 
 
 def resolve(servers: Sequence[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
