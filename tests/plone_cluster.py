@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from zope_cluster import PASSWORD, USER, Server, ZopeCluster, _free_port
+from servers import free_port
+from zope_cluster import PASSWORD, USER, Server, ZopeCluster
 
 SITE = "Plone"
 SITE_USER, SITE_PASSWORD = "siteadmin", "plone-secret-42"  # a Manager of the site
@@ -131,7 +132,7 @@ class PloneCluster(ZopeCluster):
                               r"\1    healthserver\n\2", ini.read_text(), count=1)
         assert count == 1, "mkwsgiinstance's zope.ini has no pipeline ending in zope"
         ini.write_text(text + HEALTH_FILTER)
-        port = _free_port()
+        port = free_port()
         self.health_ports[name] = port
         return {"PLONE_OBSERVABILITY_HEALTH_HOST": "127.0.0.1",
                 "PLONE_OBSERVABILITY_HEALTH_PORT": str(port)}

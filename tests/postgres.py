@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers import free_port
+
 START_TIMEOUT = 30  # seconds pg_ctl waits for the server
 CMD_TIMEOUT = 60  # seconds any one command may take
 
@@ -47,12 +49,6 @@ def pg_bin() -> Path | None:
 
 def postgres_installed() -> bool:
     return pg_bin() is not None and (os.geteuid() != 0 or shutil.which("runuser") is not None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -103,7 +99,7 @@ class Postgres:
     def start(self) -> None:
         """Start the server (on a fresh free port the first time, the same one after)."""
         if not self.port:
-            self.port = _free_port()
+            self.port = free_port()
         options = (f"-p {self.port} -h {self.host} -k {self.data} "
                    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import free_port
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0  # seconds for a server to answer
@@ -136,12 +137,6 @@ def _wait_for_port(server: Server, pattern: str, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{server.name} did not start in time:\n{server.log_tail()}")
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for_connect(server: Server, deadline: float) -> None:
@@ -254,7 +249,7 @@ class ZopeCluster:
         """runzeo logs the port it was given, not the one it got: so give it a
         free one, and try another if something took it in between."""
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             zeo = _spawn("zeo", [str(self.bin_dir / "runzeo"), "-a", f"127.0.0.1:{port}",
                                  "-f", str(self.base / "Data.fs")],
                          self.base / f"zeo{attempt}.log", self.base)

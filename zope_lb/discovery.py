@@ -85,7 +85,7 @@ def resolved_id(spec: BackendSpec, target: Target) -> str:
     """``NAME@ADDRESS``: the line's ``id=`` (or its name), then the address
     (with the port when SRV records gave it, since it may differ per record)."""
     base = spec.id if spec.id != spec.address else spec.host
-    where = target.host if spec.resolve == "a" else f"{url_host(target.host)}:{target.port}"
+    where = target.host if spec.resolve == "a" else _shown(target)
     return f"{base}@{where}"
 
 

@@ -58,7 +58,7 @@ from .backend import Backend, State
 from .errors import BackendConnectError, BackendTimeout, UpstreamError
 from .proxy import translate_errors
 from .settings import Settings
-from .verify import parse_database_location, relstorage_database, zeo_servers
+from .verify import host_port, parse_database_location, relstorage_database, zeo_servers
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def storage_name(location: str) -> StorageName | None:
     database (pure); a FileStorage or an unknown storage is None."""
     servers = zeo_servers(location)
     if servers:
-        shown = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers)
+        shown = ",".join(host_port(h, p) for h, p in servers)
         return StorageName(f"ZEO {shown}", servers, relstorage=False)
     database = relstorage_database(location)
     if database is not None:

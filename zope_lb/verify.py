@@ -63,7 +63,7 @@ from typing import Any, cast
 
 import urllib3
 
-from .backendlines import BackendSpec, as_dns_server, parse_backends
+from .backendlines import BackendSpec, as_dns_server, parse_backends, url_host
 from .errors import ConfigError, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class Database:
 
     def describe(self) -> str:
         """``PostgreSQL 127.0.0.1:5432/zodb``, as health reasons and reports name it."""
-        where = ",".join(_host_port(h, p) for h, p in self.servers) or self.local
+        where = ",".join(host_port(h, p) for h, p in self.servers) or self.local
         return f"{self.kind} {where}/{self.name}"
 
 
@@ -456,8 +456,9 @@ def relstorage_database(location: str) -> Database | None:
     return None
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"{url_host(host)}:{port}"
 
 
 def resolve(servers: Sequence[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -469,10 +470,10 @@ def resolve(servers: Sequence[tuple[str, int]]) -> tuple[tuple[str, ...], tuple[
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):  # gaierror; an over-long label fails in idna
-            unresolved.append(_host_port(host, port))
+            unresolved.append(host_port(host, port))
             continue
         for *_, sockaddr in infos:
-            found.add(_host_port(str(sockaddr[0]).split("%", 1)[0], int(sockaddr[1])))
+            found.add(host_port(str(sockaddr[0]).split("%", 1)[0], int(sockaddr[1])))
     return tuple(sorted(found)), tuple(unresolved)
 
 
@@ -563,7 +564,7 @@ def _resolved(p: Probe) -> str:
     """`` (resolves to ...)`` when the name is not its own address."""
     database = relstorage_database(p.location or "") if p.database else None
     named = database.servers if database else zeo_servers(p.location or "") or ()
-    if not p.servers or set(p.servers) == {_host_port(h, port) for h, port in named}:
+    if not p.servers or set(p.servers) == {host_port(h, port) for h, port in named}:
         return ""
     return f" (resolves to {', '.join(p.servers)})"
 
