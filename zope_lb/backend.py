@@ -227,6 +227,7 @@ class Backend:
         self.auto_recover = auto_recover
         self._clock = clock
         self.timeout = Timeout(connect=timeout_connect, read=timeout_read)
+        self.timeouts = (timeout_connect, timeout_read)  # what exchange.send is given
         self._pool_factory = pool_factory
         self.pool = self._new_pool(maxconn or UNLIMITED_POOL_SIZE)
         self.state = State.UP
@@ -335,6 +336,7 @@ class Backend:
         self.slowstart = settings.slowstart
         self.auto_recover = not settings.health_interval
         self.timeout = Timeout(connect=settings.timeout_connect, read=settings.timeout_read)
+        self.timeouts = (settings.timeout_connect, settings.timeout_read)
         self.pool.timeout = self.timeout
 
     def disable(self, reason: str = "disabled by an administrator") -> None:

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from urllib3 import Retry
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -58,6 +57,7 @@ from .errors import (
     NoBackendAvailable,
     UpstreamError,
 )
+from .exchange import Answer, send
 from .headers import (
     public_origin,
     request_headers,
@@ -80,10 +80,6 @@ log = logging.getLogger(__name__)
 #: a fresh connection) shares the key ``("backend", backend)``: an outage of
 #: one backend writes its first line, then one line per 10 s while it lasts.
 SUMMARY = Summariser(log)
-
-# What ``retries=False, redirect=False`` means to urllib3, built once: urllib3
-# builds this object on every request otherwise (about 1 % of the CPU).
-NO_RETRIES = Retry(False, redirect=False)
 
 #: Methods that may be repeated: sending them twice has the effect of once.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "PROPFIND"})
@@ -240,7 +236,7 @@ class ResponseBody:
         backend = self._backend
         try:
             while True:
-                chunk = read1(CHUNK_SIZE, decode_content=False)
+                chunk = read1(CHUNK_SIZE)
                 if response.isclosed():
                     self._free()
                 if not chunk:
@@ -464,7 +460,7 @@ class Proxy:
             entry.ttfb = now - started
             entry.status = response.status
             entry.end = "retried" if avoid else "answered"
-        response_list = response_headers(response.headers.iteritems())
+        response_list = response_headers(response.headers)
         host = backend.url_host
         for _, value in response_list:
             if host in value:  # perhaps a redirect naming the backend itself: make it public
@@ -505,13 +501,10 @@ class Proxy:
             raise
 
     def _urlopen(self, pool: Any, backend: Backend, method: str, target: str,
-                 headers: dict[str, str], body: RequestBody | None, chunked: bool) -> Any:
+                 headers: dict[str, str], body: RequestBody | None, chunked: bool) -> Answer:
+        connect, read = backend.timeouts
         try:
-            return pool.urlopen(
-                method, target, body=body, headers=headers, chunked=chunked,
-                retries=NO_RETRIES, redirect=False, assert_same_host=False,
-                preload_content=False, decode_content=False,
-            )
+            return send(pool, method, target, headers, body, chunked, connect, read)
         except BACKEND_ERRORS as exc:
             raise translated(exc, backend, self.settings.timeout_read) from exc
 
@@ -523,7 +516,7 @@ class Proxy:
         its body is a failure that can still be retried, not a broken answer.
         """
         try:
-            return response.read1(CHUNK_SIZE, decode_content=False)
+            return response.read1(CHUNK_SIZE)
         except BaseException as exc:
             response.close()
             response.release_conn()

@@ -1,0 +1,183 @@
+"""One request and its answer on a backend's pooled connection, without urlopen.
+
+Theory of operation
+-------------------
+urllib3's ``urlopen`` wraps every request in machinery a proxy does not use:
+a Retry and a Timeout object, redirect handling, a second pass over the
+headers, and an ``HTTPResponse`` with its decoders and bookkeeping around
+http.client's. On this 2-core machine that was about 90 µs of CPU per request
+(``benchmarks/exchange_cost.py``), a sixth of the balancer's share of a
+proxied request. :func:`send` drives the pool's connection itself and
+:class:`Answer` reads the body straight from http.client's response, doing
+what ``urlopen`` did and nothing it did not skip:
+
+- the connection comes from the urllib3 pool (``_get_conn``), which polls an
+  idle one before reuse (``KeptAliveConnection.is_connected``), and goes back
+  with ``_put_conn``; after any failure the pool gets it back closed, so the
+  next request connects afresh;
+- the target is percent-encoded as urlopen encodes it, the method and target
+  are checked by http.client, every header line by ``KeptAliveConnection``;
+  a POST/PUT/PATCH without a body gets ``Content-Length: 0``, a body of
+  unknown length is sent chunked;
+- the request is sent under ``timeout.connect`` and the head read under
+  ``timeout.read``, as urlopen does; a broken pipe while sending still reads
+  the answer (a backend may refuse an upload and close);
+- the head is read by :class:`~zope_lb.upstream.StrictResponse` (strict rules,
+  one deadline, 1xx skipped, clean reuse);
+- a body shorter than its Content-Length is an error (``IncompleteRead``),
+  never a short answer passed off as whole.
+
+Failures are raised as the urllib3 exceptions ``urlopen`` would raise
+(``NewConnectionError``, ``ReadTimeoutError``, ``ProtocolError``...), so that
+``proxy.translated`` stays the one place where they become zope_lb's.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from urllib3 import HTTPConnectionPool
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+from urllib3.util.url import _encode_target, parse_url
+
+from .upstream import StrictResponse
+
+#: Methods urllib3 sends without ``Content-Length: 0`` when there is no body.
+_NO_BODY_EXPECTED = frozenset({"GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "CONNECT"})
+
+
+def origin_form(target: str) -> str:
+    """The target as urlopen puts it on the request line: percent-encoded where
+    a character may not stand, existing escapes upper-cased."""
+    if target.startswith("/"):
+        return _encode_target(target)
+    return parse_url(target)._replace(fragment=None).url  # "*" (OPTIONS)
+
+
+def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[str, str],
+         body: Iterable[bytes] | None, chunked: bool, connect_timeout: float | None,
+         read_timeout: float | None) -> Answer:
+    """Send one request on a connection of ``pool``; return its answer, head read.
+
+    ``headers`` are sent as given (with ``Content-Length`` already in them for a
+    body of known length); no header is added but ``Host`` (when absent),
+    ``Transfer-Encoding: chunked`` and ``Content-Length: 0`` as described above.
+    """
+    url = origin_form(target)
+    conn: Any = pool._get_conn()  # a KeptAliveConnection
+    try:
+        conn.timeout = connect_timeout
+        if conn.sock is None:
+            conn.connect()  # NewConnectionError, ConnectTimeoutError, NameResolutionError
+        elif conn.sock.gettimeout() != connect_timeout:
+            conn.sock.settimeout(connect_timeout)
+        try:
+            _send_request(conn, method, url, headers, body, chunked)
+        except BrokenPipeError:
+            pass  # the backend may have answered already and closed: read that answer
+        except OSError as exc:
+            if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
+                raise
+        conn.timeout = read_timeout
+        sock = conn.sock
+        if sock is not None and sock.gettimeout() != read_timeout:
+            sock.settimeout(read_timeout)
+        try:
+            raw: Any = http.client.HTTPConnection.getresponse(conn)  # a StrictResponse
+        except TimeoutError as exc:  # HeadTimeout included
+            raise ReadTimeoutError(pool, url, f"Read timed out. (read timeout={read_timeout})"
+                                   ) from exc
+    except BaseException as exc:
+        conn.close()
+        pool._put_conn(None)  # the pool makes a new connection in its place
+        if isinstance(exc, (OSError, http.client.HTTPException)):  # a send timeout too
+            raise ProtocolError("Connection aborted.", exc) from exc
+        raise  # urllib3's own (connect failures, read timeout), ClientBodyError...
+    return Answer(raw, conn, pool)
+
+
+def _send_request(conn: Any, method: str, url: str, headers: Mapping[str, str],
+                  body: Iterable[bytes] | None, chunked: bool) -> None:
+    """The request line, headers and body, framed as urllib3's ``request`` frames
+    them (without its User-Agent or Accept-Encoding: zope_lb adds none)."""
+    conn.putrequest(method, url, skip_host="Host" in headers, skip_accept_encoding=True)
+    putheader = conn.putheader
+    if chunked:
+        putheader("Transfer-Encoding", "chunked")
+    elif body is None and "Content-Length" not in headers and method not in _NO_BODY_EXPECTED:
+        putheader("Content-Length", "0")
+    for name, value in headers.items():
+        putheader(name, value)
+    conn.endheaders()
+    if body is None:
+        return
+    for chunk in body:
+        if not chunk:
+            continue  # an empty chunk would end a chunked body
+        conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        conn.send(b"0\r\n\r\n")
+
+
+class Answer:
+    """A backend's answer: status, reason and header fields, the body read in
+    pieces. ``release_conn`` gives the connection back to its pool, which keeps
+    it only if ``StrictResponse`` found the answer framed exactly (it closes it
+    otherwise); ``close`` before the end closes it."""
+
+    __slots__ = ("_raw", "_conn", "_pool", "status", "reason", "headers")
+
+    def __init__(self, raw: StrictResponse, conn: Any, pool: HTTPConnectionPool):
+        self._raw = raw
+        self._conn = conn
+        self._pool: Any = pool  # None once the connection went back
+        self.status: int = raw.status
+        self.reason: str = raw.reason
+        self.headers: list[tuple[str, str]] = raw.msg._headers  # type: ignore[attr-defined]
+
+    def read1(self, amount: int) -> bytes:
+        """Up to ``amount`` body bytes, at most one read from the socket; b"" at
+        the end. Raises ``ProtocolError`` (body cut short, broken framing) or
+        ``ReadTimeoutError``."""
+        raw = self._raw
+        fp = raw.fp
+        if fp is None:
+            return b""
+        length = raw.length
+        try:
+            if length is None or raw.chunked:  # chunked, or ends when the backend closes
+                return raw.read1(amount)
+            if amount > length:
+                amount = length
+            data = fp.read1(amount) if amount else b""
+            if amount and not data:
+                raw._close_conn()  # type: ignore[attr-defined]
+                raise http.client.IncompleteRead(b"", length)
+            length -= len(data)
+            raw.length = length
+            if not length:
+                raw._close_conn()  # type: ignore[attr-defined]  # the clean-reuse check
+            return data
+        except TimeoutError as exc:
+            raise ReadTimeoutError(self._pool, None, "Read timed out.") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+
+    def isclosed(self) -> bool:
+        """Whether the whole body has been read (or the answer closed)."""
+        return self._raw.fp is None
+
+    def close(self) -> None:
+        """Stop reading: the connection is in an unknown state, so it is closed."""
+        self._raw.close()
+        self._conn.close()
+
+    def release_conn(self) -> None:
+        """Give the connection back to its pool, once."""
+        pool = self._pool
+        if pool is not None:
+            self._pool = None
+            pool._put_conn(self._conn)
