@@ -1,4 +1,4 @@
-"""Serve ``zope_lb.LoadBalancer`` with waitress, for the benchmarks.
+"""Serve ``zope_lb.LoadBalancer`` as ``zope-lb serve`` serves it, for the benchmarks.
 
     python benchmarks/serve_lb.py 127.0.0.1:8081 127.0.0.1:8082 \\
         --port 0 --threads 16 --strategy round_robin --opt maxconn=8 --opt retries=1
@@ -7,6 +7,13 @@
 value is read as a Python literal when it is one (``8``, ``1.5``, ``True``,
 ``None``, ``[1, 2]``), otherwise it stays a string. Prints
 ``LISTENING 127.0.0.1:PORT`` once it accepts connections.
+
+The server is ``zope-lb serve``'s own (``zope_lb.server.Server``) with the
+waitress options it sets: X-Forwarded-* headers kept for zope_lb to judge,
+the deadline pass once a second, the connection limit from RLIMIT_NOFILE,
+SIGTERM drains. Only the upload limit is raised (the 1 GiB upload).
+``--app bare`` serves the bare loop on plain ``waitress.create_server``
+instead, as ``bare_loop.py`` does.
 
 Logging is configured as ``zope-lb serve`` configures it without a
 ``[loggers]`` section (INFO, its format, waitress's queue warning quieted),
@@ -133,8 +140,6 @@ def main(argv=None) -> None:
 
     setup_logging(args.log_file)
 
-    import waitress
-
     if args.app == "zope_lb":  # as zope-lb serve does, before any thread starts
         from zope_lb.affinity import confine, parse_cpu
 
@@ -158,6 +163,39 @@ def main(argv=None) -> None:
         if args.access_log != "default" and has_option("access_log"):
             opts.setdefault("access_log", args.access_log)
         app = LoadBalancer(args.backends, strategy=args.strategy, **opts)
+    if args.app == "bare":
+        run_waitress(app, args, profiles)
+    else:
+        run_zope_lb_server(app, args, profiles)
+
+
+def run_zope_lb_server(app, args, profiles) -> None:
+    """zope_lb as ``zope-lb serve`` serves it: its own waitress server
+    (``zope_lb.server``), with the options ``zope-lb serve`` gives waitress
+    (X-Forwarded-* kept for zope_lb to judge, deadlines, the connection limit
+    from RLIMIT_NOFILE), and its stop: SIGTERM drains."""
+    from zope_lb.server import Server, raise_nofile, waitress_options
+
+    options = waitress_options({
+        "listen": f"{args.host}:{args.port}",
+        "threads": args.threads,
+        "max_request_body_size": 1 << 40,  # the benchmark uploads 1 GiB
+    }, raise_nofile())
+    server = Server(app, options)
+    port = server.listeners[0].effective_port
+    print(f"LISTENING {args.host}:{port}", flush=True)
+    try:
+        server.run()
+    finally:
+        if profiles is not None:
+            profiles.dump(args.cprofile)
+        app.close()
+
+
+def run_waitress(app, args, profiles) -> None:
+    """The bare loop, on waitress as ``create_server`` sets it up."""
+    import waitress
+
     server = waitress.create_server(
         app,
         host=args.host,
@@ -178,11 +216,7 @@ def main(argv=None) -> None:
     finally:
         if profiles is not None:
             profiles.dump(args.cprofile)
-        close = getattr(app, "close", None)
-        if close is not None:
-            close()
         server.close()
-
 
 if __name__ == "__main__":
     main()

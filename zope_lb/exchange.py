@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +48,13 @@ from .upstream import StrictResponse
 
 #: Methods urllib3 sends without ``Content-Length: 0`` when there is no body.
 _NO_BODY_EXPECTED = frozenset({"GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "CONNECT"})
+
+# http.client's own rules (its module's patterns, so the two never drift apart)
+_BAD_METHOD = http.client._contains_disallowed_method_pchar_re.search  # type: ignore[attr-defined]
+_BAD_TARGET = http.client._contains_disallowed_url_pchar_re.search  # type: ignore[attr-defined]
+_ILLEGAL_VALUE = http.client._is_illegal_header_value  # type: ignore[attr-defined]
+_NAME = rb"[^:\s][^:\r\n]*"  # http.client's _is_legal_header_name
+_LEGAL_NAMES = re.compile(_NAME + rb"(?:\n" + _NAME + rb")*").fullmatch
 
 
 def origin_form(target: str) -> str:
@@ -74,8 +82,12 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
             conn.connect()  # NewConnectionError, ConnectTimeoutError, NameResolutionError
         elif conn.sock.gettimeout() != connect_timeout:
             conn.sock.settimeout(connect_timeout)
+        fast = _head(method, url, headers, chunked, body is None)
         try:
-            _send_request(conn, method, url, headers, body, chunked)
+            if fast is None:  # no Host of its own, or an odd header: http.client's way
+                _send_request(conn, method, url, headers, body, chunked)
+            else:
+                _send_fast(conn.sock, fast, body, chunked)
         except BrokenPipeError:
             pass  # the backend may have answered already and closed: read that answer
         except OSError as exc:
@@ -86,7 +98,8 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
         if sock is not None and sock.gettimeout() != read_timeout:
             sock.settimeout(read_timeout)
         try:
-            raw: Any = http.client.HTTPConnection.getresponse(conn)  # a StrictResponse
+            raw: Any = (http.client.HTTPConnection.getresponse(conn) if fast is None
+                        else _read_answer(conn, method))
         except TimeoutError as exc:  # HeadTimeout included
             raise ReadTimeoutError(pool, url, f"Read timed out. (read timeout={read_timeout})"
                                    ) from exc
@@ -97,6 +110,77 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
             raise ProtocolError("Connection aborted.", exc) from exc
         raise  # urllib3's own (connect failures, read timeout), ClientBodyError...
     return Answer(raw, conn, pool)
+
+
+def _head(method: str, url: str, headers: Mapping[str, str], chunked: bool,
+          no_body: bool) -> bytes | None:
+    """The request head as http.client would write it, built in one piece; None
+    when the request needs http.client's own way (no ``Host`` header given, a
+    value that is not a str) or breaks one of its rules, so that it raises
+    exactly what http.client raises.
+
+    The checks are http.client's, on all lines at once: the method without
+    control characters, the target without control characters or spaces, ASCII
+    request line; names by ``_is_legal_header_name`` (joined by LF, which no
+    legal name holds, so the count of LFs proves each name matched alone);
+    values latin-1 with no CR or LF but in a fold (joined by NUL, which neither
+    makes nor unmakes a match).
+    """
+    if "Host" not in headers:
+        return None
+    fields = dict(headers)
+    if chunked:
+        fields = {"Transfer-Encoding": "chunked", **fields}
+    elif no_body and "Content-Length" not in fields and method not in _NO_BODY_EXPECTED:
+        fields = {"Content-Length": "0", **fields}
+    values = fields.values()
+    if not all(type(value) is str for value in values):
+        return None
+    if _BAD_METHOD(method) or _BAD_TARGET(url) or not (method.isascii() and url.isascii()):
+        return None
+    try:
+        names = "\n".join(fields)
+    except TypeError:  # a name that is not a str
+        return None
+    if (not names.isascii() or names.count("\n") != len(fields) - 1
+            or not _LEGAL_NAMES(names.encode("ascii"))):
+        return None
+    try:
+        if _ILLEGAL_VALUE("\x00".join(values).encode("latin-1")):
+            return None
+        block = "\r\n".join([f"{method} {url} HTTP/1.1",
+                              *[f"{name}: {value}" for name, value in fields.items()]])
+        return block.encode("latin-1") + b"\r\n\r\n"
+    except UnicodeEncodeError:
+        return None
+
+
+def _send_fast(sock: Any, head: bytes, body: Iterable[bytes] | None, chunked: bool) -> None:
+    """The head in one send, then the body as ``_send_request`` sends it."""
+    sock.sendall(head)
+    if body is None:
+        return
+    for chunk in body:
+        if not chunk:
+            continue  # an empty chunk would end a chunked body
+        sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        sock.sendall(b"0\r\n\r\n")
+
+
+def _read_answer(conn: Any, method: str) -> StrictResponse:
+    """The answer's head, read as http.client's ``getresponse`` reads it (through
+    the connection's StrictResponse), for a request ``_send_fast`` sent: the
+    connection is closed at once when the answer says it will close."""
+    response = StrictResponse(conn.sock, method=method, connection=conn)
+    try:
+        response.begin()
+    except BaseException:
+        response.close()
+        raise
+    if response.will_close:
+        conn.close()
+    return response
 
 
 def _send_request(conn: Any, method: str, url: str, headers: Mapping[str, str],
