@@ -19,9 +19,13 @@ what ``urlopen`` did and nothing it did not skip:
   are checked by http.client, every header line by ``KeptAliveConnection``;
   a POST/PUT/PATCH without a body gets ``Content-Length: 0``, a body of
   unknown length is sent chunked;
-- the request is sent under ``timeout.connect`` and the head read under
-  ``timeout.read``, as urlopen does; a broken pipe while sending still reads
-  the answer (a backend may refuse an upload and close);
+- ``timeout.connect`` bounds the connect; ``timeout.read`` every send and
+  every read after it, as HAProxy's ``timeout server`` does (urlopen sent
+  under the connect timeout). A socket's timeout is set once, when it
+  connects, not twice per request: each ``settimeout`` is a system call that
+  lets go of the GIL, a hand-over to another thread under load;
+- a broken pipe while sending still reads the answer (a backend may refuse an
+  upload and close);
 - the head is read by :class:`~zope_lb.upstream.StrictResponse` (strict rules,
   one deadline, 1xx skipped, clean reuse);
 - a body shorter than its Content-Length is an error (``IncompleteRead``),
@@ -77,11 +81,11 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
     url = origin_form(target)
     conn: Any = pool._get_conn()  # a KeptAliveConnection
     try:
-        conn.timeout = connect_timeout
         if conn.sock is None:
+            conn.timeout = connect_timeout
             conn.connect()  # NewConnectionError, ConnectTimeoutError, NameResolutionError
-        elif conn.sock.gettimeout() != connect_timeout:
-            conn.sock.settimeout(connect_timeout)
+            conn.timeout = read_timeout
+            conn.sock.settimeout(read_timeout)
         fast = _head(method, url, headers, chunked, body is None)
         try:
             if fast is None:  # no Host of its own, or an odd header: http.client's way
@@ -93,9 +97,9 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
         except OSError as exc:
             if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
                 raise
-        conn.timeout = read_timeout
         sock = conn.sock
-        if sock is not None and sock.gettimeout() != read_timeout:
+        if sock is not None and sock.gettimeout() != read_timeout:  # a reload changed it
+            conn.timeout = read_timeout
             sock.settimeout(read_timeout)
         try:
             raw: Any = (http.client.HTTPConnection.getresponse(conn) if fast is None

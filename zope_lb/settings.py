@@ -112,8 +112,8 @@ OPTIONS: tuple[Option, ...] = (
            "backend is tried.", "5"),
     # The Plone community's HAProxy configs use 300 s: long exports must not be cut.
     Option("timeout.read", as_duration, 300.0,
-           "Seconds to wait for a backend to answer (and between body chunks); "
-           "then 504.", "300"),
+           "Seconds to wait for a backend to answer (and between body chunks; also "
+           "for each send of the request to it); then 504.", "300"),
     # HAProxy's `timeout http-request`: slowloris holds no connection longer than this.
     Option("timeout.request", as_duration, 10.0,
            "`zope-lb serve`: seconds a client may take to send its request line and "
