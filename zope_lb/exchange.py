@@ -85,7 +85,8 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
             conn.timeout = connect_timeout
             conn.connect()  # NewConnectionError, ConnectTimeoutError, NameResolutionError
             conn.timeout = read_timeout
-            conn.sock.settimeout(read_timeout)
+            connected: Any = conn.sock
+            connected.settimeout(read_timeout)
         fast = _head(method, url, headers, chunked, body is None)
         try:
             if fast is None:  # no Host of its own, or an odd header: http.client's way

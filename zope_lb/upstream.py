@@ -34,8 +34,7 @@ import io
 import re
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The most bytes a backend's head (interim answers included) may take.
 HEAD_LIMIT = 64 * 1024
@@ -63,9 +62,9 @@ class HeadTimeout(TimeoutError):
     """The backend's whole head did not arrive within the read timeout: 504."""
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """One parsed answer head and the framing of the body after it."""
+class Head(NamedTuple):
+    """One parsed answer head and the framing of the body after it (a tuple:
+    built once per answer, so built cheaply)."""
 
     version: int  # 10 or 11, as http.client
     status: int
@@ -74,6 +73,12 @@ class Head:
     length: int | None  # body bytes, or None: chunked or close-delimited
     chunked: bool
     will_close: bool  # the connection cannot carry another request after this answer
+
+
+#: The fields that frame an answer or say whether its connection stays open.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _KEEP_ALIVE = range(4)
+_FRAMING = {"content-length": _CONTENT_LENGTH, "transfer-encoding": _TRANSFER_ENCODING,
+            "connection": _CONNECTION, "keep-alive": _KEEP_ALIVE}
 
 
 def parse_head(head: bytes, method: str | None = None) -> Head:
@@ -100,15 +105,18 @@ def parse_head(head: bytes, method: str | None = None) -> Head:
     codings: list[str] = []
     connection = ""
     keep_alive = False
+    framing = _FRAMING.get
     for name, value in fields:
-        low = name.lower()
-        if low == "content-length":
+        kind = framing(name.lower())
+        if kind is None:
+            continue
+        if kind == _CONTENT_LENGTH:
             lengths.append(value)
-        elif low == "transfer-encoding":
+        elif kind == _TRANSFER_ENCODING:
             codings.append(value)
-        elif low == "connection":
+        elif kind == _CONNECTION:
             connection = f"{connection},{value.lower()}"
-        elif low == "keep-alive":
+        else:
             keep_alive = True
     tokens = {t.strip() for t in connection.split(",")} if connection else set()
     # HTTP/1.1 stays open unless told; HTTP/1.0 closes unless told (RFC 9112 §9.3)
@@ -144,6 +152,8 @@ def parse_head(head: bytes, method: str | None = None) -> Head:
 def _content_length(values: list[str]) -> int:
     """One Content-Length from all the fields (RFC 9110 §8.6: identical repeats
     allowed, differing ones refused)."""
+    if len(values) == 1 and _LENGTH(values[0]):  # the usual answer: one plain number
+        return int(values[0])
     found = {v.strip() for value in values for v in value.split(",")}
     for value in found:
         if not _LENGTH(value):
