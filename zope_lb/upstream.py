@@ -194,8 +194,10 @@ class _CountingReader(io.RawIOBase):
     """The socket as raw input for a BufferedReader, counting what it received, so
     that the bytes read ahead past an answer can be told (``received - tell()``)."""
 
-    def __init__(self, sock: socket.socket):
-        self._io = sock.makefile("rb", buffering=0)  # keeps the socket's fd alive
+    def __init__(self, sock: socket.socket, hold_fd: bool = True):
+        # A socket file keeps the descriptor open when http.client closes the
+        # connection after the head of an answer that ends the connection.
+        self._io = sock.makefile("rb", buffering=0) if hold_fd else None
         self._recv_into = sock.recv_into
         self.received = 0
 
@@ -211,7 +213,8 @@ class _CountingReader(io.RawIOBase):
         return self.received
 
     def close(self) -> None:
-        self._io.close()
+        if self._io is not None:
+            self._io.close()
         super().close()
 
 
@@ -223,9 +226,11 @@ class StrictResponse(http.client.HTTPResponse):
     """
 
     def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
-                 url: str | None = None, connection: Any = None):
+                 url: str | None = None, connection: Any = None, hold_fd: bool = True):
         # What http.client's __init__ sets, with a counting reader under self.fp.
-        self._raw = raw = _CountingReader(sock)
+        # hold_fd=False: the caller keeps the connection open until the answer
+        # ends (``_close_conn`` closes it then if it may not be reused).
+        self._raw = raw = _CountingReader(sock, hold_fd)
         self.fp = io.BufferedReader(raw)
         self._sock = sock
         self._connection = connection
