@@ -4,11 +4,20 @@ cool-down. No sockets (``pool_factory=`` stub) and no clock (``now`` passed in).
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 
 import pytest
 
-from zope_lb.backend import TRANSITIONS, UNLIMITED_POOL_SIZE, Backend, State, next_state
+from zope_lb.backend import (
+    TRANSITIONS,
+    UNLIMITED_POOL_SIZE,
+    Backend,
+    BackendConnectionPool,
+    ConnectionStack,
+    State,
+    next_state,
+)
 from zope_lb.backendlines import parse_backend_line
 
 EVENTS = ("fail", "recover", "drain", "disable", "enable")
@@ -327,3 +336,30 @@ def test_after_passive_detection_it_takes_rise_new_probes_to_come_back(rec: Reco
     backend.record_probe(True, "status 200", 4.0)
     assert backend.state is State.UP
     assert backend.reason == "2 probes passed"
+
+
+def test_connection_stack_is_last_in_first_out_and_bounded() -> None:
+    stack = ConnectionStack(2)
+    with pytest.raises(queue.Empty):
+        stack.get(block=False)
+    stack.put("a")
+    stack.put("b")
+    with pytest.raises(queue.Full):
+        stack.put("c")
+    assert stack.qsize() == 2
+    assert [stack.get(), stack.get()] == ["b", "a"]  # the most recently used first
+
+
+def test_backend_pool_keeps_idle_connections_in_a_stack_and_never_blocks() -> None:
+    pool = BackendConnectionPool("127.0.0.1", 9, maxsize=3, block=False)
+    assert isinstance(pool.pool, ConnectionStack)
+    assert pool.pool.qsize() == 3  # urllib3 fills it with placeholders
+    conns = [pool._get_conn() for _ in range(4)]  # one more than kept: a new one
+    assert len({id(c) for c in conns}) == 4
+    for conn in conns:
+        pool._put_conn(conn)  # the fourth is closed and dropped, not kept
+    assert pool.pool.qsize() == 3
+    pool.close()
+    assert pool.pool is None
+    with pytest.raises(ValueError, match="never blocks"):
+        BackendConnectionPool("127.0.0.1", 9, maxsize=1, block=True)

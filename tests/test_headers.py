@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zope_lb import headers as headers_module
 from zope_lb.headers import (
     HOP_BY_HOP,
     connection_tokens,
@@ -205,6 +206,45 @@ def test_non_header_environ_keys_are_ignored() -> None:
         "X-Forwarded-Host",
         "X-Forwarded-Port",
     }
+
+
+environ_keys = st.one_of(
+    st.sampled_from(["HTTP_ACCEPT", "HTTP_COOKIE", "HTTP_TE", "HTTP_KEEP_ALIVE",
+                     "HTTP_X_FORWARDED_FOR", "HTTP_UPGRADE", "HTTP_X_CUSTOM_THING",
+                     "HTTP_", "HTTPX", "CONTENT_LENGTH", "REMOTE_USER", "wsgi.input"]),
+    st.text(st.sampled_from("HTP_XAZ-.az"), max_size=12),
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(environ_keys, st.text(max_size=5), max_size=8), st.booleans())
+def test_remembered_header_names_forward_what_the_rule_says(extra: dict, named: bool) -> None:
+    """The names request_headers remembers per environ key give the headers
+    the rule gives: every HTTP_* key as its header, but those zope_lb drops
+    (hop-by-hop) or sets itself (Host, X-Forwarded-*)."""
+    env = environ(**extra)
+    if named:  # headers named in Connection: the other way, checked alike
+        env["HTTP_CONNECTION"] = "x-custom-thing"
+    skip = {"HTTP_" + h.upper().replace("-", "_") for h in HOP_BY_HOP} | {
+        "HTTP_HOST", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT"}
+    if named:
+        skip.add("HTTP_X_CUSTOM_THING")
+    expected = {k[5:].replace("_", "-").title(): v for k, v in env.items()
+                if k.startswith("HTTP_") and k not in skip}
+    got = request_headers(env)
+    ours = {"Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+            "X-Forwarded-Port"}
+    assert {k: v for k, v in got.items() if k not in ours} == expected
+
+
+def test_remembered_header_names_are_bounded() -> None:
+    """A client inventing a new header name with every request cannot grow the
+    memory of names past its bound; the names are still forwarded."""
+    for number in range(headers_module._FORWARDED_NAMES_LIMIT + 500):
+        got = request_headers(environ(**{f"HTTP_X_INVENTED_{number}": "1"}))
+        assert got[f"X-Invented-{number}"] == "1"
+    assert len(headers_module._FORWARDED_NAMES) <= headers_module._FORWARDED_NAMES_LIMIT
 
 
 @pytest.mark.parametrize("trusted", [(), net("192.0.2.0/24")])

@@ -54,6 +54,22 @@ def header_name(environ_key: str) -> str:
     return environ_key[5:].replace("_", "-").title()
 
 
+#: environ key -> the header it forwards as, or None (not a header, or one
+#: zope_lb sets or drops itself); filled as keys are seen, up to a bound, so a
+#: client inventing header names cannot grow it.
+_FORWARDED_NAMES: dict[str, str | None] = {}
+_FORWARDED_NAMES_LIMIT = 2048
+_UNSEEN = "\x00unseen"  # no header name: names hold no NUL
+
+
+def _forwarded_name(key: str) -> str | None:
+    """The header an environ key is forwarded as (None: not forwarded), remembered."""
+    name = header_name(key) if key.startswith("HTTP_") and key not in _SKIP_ENVIRON else None
+    if len(_FORWARDED_NAMES) < _FORWARDED_NAMES_LIMIT:
+        _FORWARDED_NAMES[key] = name
+    return name
+
+
 @lru_cache(maxsize=256)
 def _peer_in(peer: str, trusted: tuple[Network, ...]) -> bool:
     try:
@@ -97,16 +113,24 @@ def request_headers(
     preserve_host: bool = True,
 ) -> dict[str, str]:
     """The headers to send upstream for this WSGI request."""
-    skip = _SKIP_ENVIRON
     connection = environ.get("HTTP_CONNECTION")
     if connection:
-        skip = skip | {"HTTP_" + t.upper().replace("-", "_")
-                       for t in connection_tokens(connection)}
-    headers = {
-        header_name(key): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and key not in skip
-    }
+        skip = _SKIP_ENVIRON | {"HTTP_" + t.upper().replace("-", "_")
+                                for t in connection_tokens(connection)}
+        headers = {
+            header_name(key): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_") and key not in skip
+        }
+    else:
+        headers = {}
+        names = _FORWARDED_NAMES
+        for key, value in environ.items():
+            name = names.get(key, _UNSEEN)
+            if name is _UNSEEN:
+                name = _forwarded_name(key)
+            if name is not None:
+                headers[name] = value
     content_type = environ.get("CONTENT_TYPE")
     if content_type:
         headers["Content-Type"] = content_type
