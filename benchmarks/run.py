@@ -315,7 +315,16 @@ def summarize(results: list, peaks: dict) -> list:
     return rows
 
 
-def ratios(rows: list) -> list:
+def paired(results: list, scenario: str, pin: str, cfg: str, ref: str) -> list:
+    """``cfg``'s req/s over ``ref``'s in each repetition (the two measured
+    minutes apart at most): how much of a spread is the machine's noise."""
+    rps = {(r["config"], r["rep"]): r["rps"] for r in results
+           if r["scenario"] == scenario and r["pinning"] == pin and r["rps"]}
+    return [rps[(cfg, rep)] / rps[(ref, rep)] for (c, rep) in sorted(rps)
+            if c == cfg and (ref, rep) in rps]
+
+
+def ratios(rows: list, results: list = ()) -> list:
     idx = {(r["scenario"], r["pinning"], r["config"]): r for r in rows}
     out = []
     for scenario in SCENARIOS:
@@ -355,6 +364,7 @@ def ratios(rows: list) -> list:
                         "value": v,
                         "target": f">= {target}" if target else None,
                         "pass": (v >= target) if target else None,
+                        "per_rep": paired(results, scenario, pin, cfg, "ceiling"),
                     }
                 )
             if lb and hap and lb["rps"] and hap["rps"]:
@@ -606,9 +616,12 @@ def report(args, rows, rats, streams, notes) -> str:
         w("Ratios (same run):")
         for q in rats:
             verdict = "" if q["pass"] is None else ("PASS" if q["pass"] else "FAIL")
+            per_rep = q.get("per_rep") or []
             w(
                 f"  {q['name']:26} {q['scenario']:5} {q['pinning']:8} {q['value']:6.3f}"
-                f"  {q['target'] or '(info)':9} {verdict}"
+                f"  {q['target'] or '(info)':9} {verdict:4}"
+                + (f"  (each repetition: {min(per_rep):.3f} to {max(per_rep):.3f}, median "
+                   f"{statistics.median(per_rep):.3f})" if len(per_rep) > 1 else "")
             )
         w("")
     if streams:
@@ -724,7 +737,7 @@ def main(argv=None) -> int:
         else:
             notes.append(f"logs kept in {logdir}")
     rows = summarize(results, peaks)
-    rats = ratios(rows)
+    rats = ratios(rows, results)
     info["elapsed_s"] = time.monotonic() - t_start
     info["loadavg_end"] = os.getloadavg()
     print(report(args, rows, rats, streams, notes))
