@@ -297,3 +297,28 @@ def test_a_refused_connection_is_urllib3s_connect_error():
             send(pool, "GET", "/", {"Host": "h"}, None, False, 1, 1)
         assert type(caught.value).__name__ == "NewConnectionError"
         assert "connection refused" in app.get("/", status=503).text
+
+
+def test_a_connection_is_back_in_its_pool_when_its_slot_is_free(caplog):
+    """The proxy frees a backend's slot as soon as the answer was read whole,
+    before the server has sent it and closed the body; the connection must be
+    idle in the pool by then. Otherwise the request taking the slot opens one
+    more connection, and one is closed when both come back ("Connection pool
+    is full, discarding connection"): connection churn, and a warning per
+    request under load."""
+    server = CaptureServer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                           b"Content-Length: 5\r\n\r\nhello")
+    app = LoadBalancer([server.address], health_interval=0, maxconn=1)
+    try:
+        bodies = []
+        for number in range(3):  # each body still open while the next one starts
+            environ = Request.blank(f"/{number}").environ
+            bodies.append(app(environ, lambda status, headers, exc_info=None: None))
+        assert [b"".join(body) for body in bodies] == [b"hello"] * 3
+        for body in bodies:
+            body.close()
+        assert server.connections == 1
+        assert "pool is full" not in caplog.text
+    finally:
+        app.close()
+        server.stop()

@@ -214,9 +214,9 @@ def _send_request(conn: Any, method: str, url: str, headers: Mapping[str, str],
 
 class Answer:
     """A backend's answer: status, reason and header fields, the body read in
-    pieces. ``release_conn`` gives the connection back to its pool, which keeps
-    it only if ``StrictResponse`` found the answer framed exactly (it closes it
-    otherwise); ``close`` before the end closes it."""
+    pieces. The connection goes back to its pool with the read that ends the
+    answer (or with ``release_conn``); StrictResponse has closed it by then if
+    the answer was not framed exactly. ``close`` before the end closes it."""
 
     __slots__ = ("_raw", "_conn", "_pool", "status", "reason", "headers")
 
@@ -231,7 +231,12 @@ class Answer:
     def read1(self, amount: int) -> bytes:
         """Up to ``amount`` body bytes, at most one read from the socket; b"" at
         the end. Raises ``ProtocolError`` (body cut short, broken framing) or
-        ``ReadTimeoutError``."""
+        ``ReadTimeoutError``.
+
+        The read that ends the answer gives the connection back to the pool
+        at once (closed by StrictResponse if it may not be reused), as urllib3
+        did: the proxy frees the backend's slot then, and the next request
+        for that slot must find the connection idle, not open another one."""
         raw = self._raw
         fp = raw.fp
         if fp is None:
@@ -239,31 +244,36 @@ class Answer:
         length = raw.length
         try:
             if length is None or raw.chunked:  # chunked, or ends when the backend closes
-                return raw.read1(amount)
-            if amount > length:
-                amount = length
-            data = fp.read1(amount) if amount else b""
-            if amount and not data:
-                raw._close_conn()  # type: ignore[attr-defined]
-                raise http.client.IncompleteRead(b"", length)
-            length -= len(data)
-            raw.length = length
-            if not length:
-                raw._close_conn()  # type: ignore[attr-defined]  # the clean-reuse check
-            return data
+                data = raw.read1(amount)
+            else:
+                if amount > length:
+                    amount = length
+                data = fp.read1(amount) if amount else b""
+                if amount and not data:
+                    raw._close_conn()  # type: ignore[attr-defined]
+                    raise http.client.IncompleteRead(b"", length)
+                length -= len(data)
+                raw.length = length
+                if not length:
+                    raw._close_conn()  # type: ignore[attr-defined]  # the clean-reuse check
         except TimeoutError as exc:
             raise ReadTimeoutError(self._pool, None, "Read timed out.") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+        if raw.fp is None:  # the answer is complete
+            self.release_conn()
+        return data
 
     def isclosed(self) -> bool:
         """Whether the whole body has been read (or the answer closed)."""
         return self._raw.fp is None
 
     def close(self) -> None:
-        """Stop reading: the connection is in an unknown state, so it is closed."""
+        """Stop reading: the connection is in an unknown state, so it is closed
+        (unless it went back to the pool already, with a complete answer)."""
         self._raw.close()
-        self._conn.close()
+        if self._pool is not None:
+            self._conn.close()
 
     def release_conn(self) -> None:
         """Give the connection back to its pool, once."""
