@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import http.client
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from urllib3 import HTTPConnectionPool
@@ -87,12 +87,15 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
             conn.timeout = read_timeout
             connected: Any = conn.sock
             connected.settimeout(read_timeout)
-        fast = _head(method, url, headers, chunked, body is None)
+        fields = _framed(method, headers, chunked, body is None)
+        fast = _head(method, url, fields)
         try:
             if fast is None:  # no Host of its own, or an odd header: http.client's way
-                _send_request(conn, method, url, headers, body, chunked)
+                _send_request(conn, method, url, fields)
             else:
-                _send_fast(conn.sock, fast, body, chunked)
+                conn.sock.sendall(fast)
+            if body is not None:
+                _send_body(conn.sock.sendall, body, chunked)
         except BrokenPipeError:
             pass  # the backend may have answered already and closed: read that answer
         except OSError as exc:
@@ -117,8 +120,19 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
     return Answer(raw, conn, pool)
 
 
-def _head(method: str, url: str, headers: Mapping[str, str], chunked: bool,
-          no_body: bool) -> bytes | None:
+def _framed(method: str, headers: Mapping[str, str], chunked: bool,
+            no_body: bool) -> Mapping[str, str]:
+    """The headers, with what frames the body put first, as urllib3's ``request``
+    puts it: ``Transfer-Encoding: chunked`` for a body of unknown length, and
+    ``Content-Length: 0`` for a POST, PUT or PATCH without a body."""
+    if chunked:
+        return {"Transfer-Encoding": "chunked", **headers}
+    if no_body and "Content-Length" not in headers and method not in _NO_BODY_EXPECTED:
+        return {"Content-Length": "0", **headers}
+    return headers
+
+
+def _head(method: str, url: str, fields: Mapping[str, str]) -> bytes | None:
     """The request head as http.client would write it, built in one piece; None
     when the request needs http.client's own way (no ``Host`` header given, a
     value that is not a str) or breaks one of its rules, so that it raises
@@ -131,13 +145,8 @@ def _head(method: str, url: str, headers: Mapping[str, str], chunked: bool,
     values latin-1 with no CR or LF but in a fold (joined by NUL, which neither
     makes nor unmakes a match).
     """
-    if "Host" not in headers:
+    if "Host" not in fields:
         return None
-    fields = dict(headers)
-    if chunked:
-        fields = {"Transfer-Encoding": "chunked", **fields}
-    elif no_body and "Content-Length" not in fields and method not in _NO_BODY_EXPECTED:
-        fields = {"Content-Length": "0", **fields}
     values = fields.values()
     if not all(type(value) is str for value in values):
         return None
@@ -160,22 +169,20 @@ def _head(method: str, url: str, headers: Mapping[str, str], chunked: bool,
         return None
 
 
-def _send_fast(sock: Any, head: bytes, body: Iterable[bytes] | None, chunked: bool) -> None:
-    """The head in one send, then the body as ``_send_request`` sends it."""
-    sock.sendall(head)
-    if body is None:
-        return
+def _send_body(send: Callable[[bytes], Any], body: Iterable[bytes], chunked: bool) -> None:
+    """The body as urllib3's ``request`` sends it: each piece as it comes (in
+    chunked framing when ``chunked``), then the last chunk."""
     for chunk in body:
         if not chunk:
             continue  # an empty chunk would end a chunked body
-        sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
     if chunked:
-        sock.sendall(b"0\r\n\r\n")
+        send(b"0\r\n\r\n")
 
 
 def _read_answer(conn: Any, method: str) -> StrictResponse:
     """The answer's head, read by StrictResponse as http.client's ``getresponse``
-    reads it, for a request ``_send_fast`` sent. The connection stays open while
+    reads it, for a request sent in one piece (``_head``). The connection stays open while
     the body is read (http.client would close it after the head of an answer
     that ends the connection, keeping the descriptor through a socket file that
     costs 3 µs to make); the response closes it at the end, as it closes every
@@ -189,27 +196,14 @@ def _read_answer(conn: Any, method: str) -> StrictResponse:
     return response
 
 
-def _send_request(conn: Any, method: str, url: str, headers: Mapping[str, str],
-                  body: Iterable[bytes] | None, chunked: bool) -> None:
-    """The request line, headers and body, framed as urllib3's ``request`` frames
-    them (without its User-Agent or Accept-Encoding: zope_lb adds none)."""
-    conn.putrequest(method, url, skip_host="Host" in headers, skip_accept_encoding=True)
+def _send_request(conn: Any, method: str, url: str, fields: Mapping[str, str]) -> None:
+    """The request line and headers through http.client, as urllib3's ``request``
+    sends them (without its User-Agent or Accept-Encoding: zope_lb adds none)."""
+    conn.putrequest(method, url, skip_host="Host" in fields, skip_accept_encoding=True)
     putheader = conn.putheader
-    if chunked:
-        putheader("Transfer-Encoding", "chunked")
-    elif body is None and "Content-Length" not in headers and method not in _NO_BODY_EXPECTED:
-        putheader("Content-Length", "0")
-    for name, value in headers.items():
+    for name, value in fields.items():
         putheader(name, value)
     conn.endheaders()
-    if body is None:
-        return
-    for chunk in body:
-        if not chunk:
-            continue  # an empty chunk would end a chunked body
-        conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-    if chunked:
-        conn.send(b"0\r\n\r\n")
 
 
 class Answer:
