@@ -205,6 +205,7 @@ class ScriptedServer(RawServer):
         self.close_after = close_after
         self.requests: list[bytes] = []
         self.bodies: list[bytes] = []
+        self.raw: list[bytes] = []  # each request's bytes as they came, body framing included
         self.closed = 0
         super().__init__()
 
@@ -227,6 +228,7 @@ class ScriptedServer(RawServer):
                     if name.strip().lower() == b"transfer-encoding":
                         chunked = b"chunked" in value.lower()
                 body = b""
+                framed = b""  # the body as sent, chunk framing included
                 if chunked:
                     while True:
                         while b"\r\n" not in buffer:
@@ -242,6 +244,7 @@ class ScriptedServer(RawServer):
                                 return
                             buffer += data
                         body += buffer[:size]
+                        framed += size_line + b"\r\n" + buffer[:size + 2]
                         buffer = buffer[size + 2:]
                         if size == 0:
                             break
@@ -252,8 +255,10 @@ class ScriptedServer(RawServer):
                             return
                         buffer += data
                     body, buffer = buffer[:length], buffer[length:]
+                    framed = body
                 self.requests.append(head)
                 self.bodies.append(body)
+                self.raw.append(head + b"\r\n\r\n" + framed)
                 answer = self.respond(head, index)
                 index += 1
                 if answer is None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers import RawServer, read_head
+from servers import RawServer, ScriptedServer, read_head
 from urllib3 import Retry
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from webob import Request
@@ -29,55 +28,15 @@ from zope_lb.exchange import origin_form, send
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class CaptureServer(RawServer):
-    """Records the raw bytes of each request (head, blank line and body as
-    framed) and answers each with ``answer`` (bytes, or a function of the index)."""
-
-    def __init__(self, answer: bytes = OK):
-        self.answer = answer
-        self.raw: list[bytes] = []
-        self.received = threading.Event()
-        super().__init__()
-
-    def handle(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        buffer = b""
-        with conn:
-            while self._running:
-                got = read_head(conn, buffer)
-                if got is None:
-                    return
-                head, buffer = got
-                low = head.lower()
-                if b"transfer-encoding: chunked" in low:
-                    end = b"\r\n0\r\n\r\n"
-                    while not (b"\r\n" + buffer).endswith(end) and end not in buffer:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    cut = (b"\r\n" + buffer).find(end) + len(end) - 2
-                    body, buffer = buffer[:cut], buffer[cut:]
-                else:
-                    length = 0
-                    for line in low.split(b"\r\n")[1:]:
-                        if line.startswith(b"content-length:"):
-                            length = int(line.split(b":", 1)[1])
-                    while len(buffer) < length:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    body, buffer = buffer[:length], buffer[length:]
-                self.raw.append(head + b"\r\n\r\n" + body)
-                answer = self.answer(len(self.raw) - 1) if callable(self.answer) else self.answer
-                conn.sendall(answer)
-                self.received.set()
+def capture_server(answer: bytes = OK) -> ScriptedServer:
+    """A ScriptedServer answering every request with ``answer``; ``raw`` has each
+    request's bytes as they came."""
+    return ScriptedServer(lambda head, index: answer)
 
 
 @pytest.fixture(scope="module")
 def shared_capture():
-    server = CaptureServer()
+    server = capture_server()
     yield server
     server.stop()
 
@@ -206,7 +165,7 @@ BODILESS = ("empty", "no-content", "not-modified")
 def test_an_answer_reads_as_urllib3_read_it_and_the_connection_is_kept_alike(kind, method):
     outcomes = []
     for way in (through_urlopen, through_send):
-        server = CaptureServer(ANSWERS[kind])
+        server = capture_server(ANSWERS[kind])
         pool = new_pool(server)
         try:
             first = way(pool, method, "/", {"Host": "h"}, None, False)
@@ -306,7 +265,7 @@ def test_a_connection_is_back_in_its_pool_when_its_slot_is_free(caplog):
     more connection, and one is closed when both come back ("Connection pool
     is full, discarding connection"): connection churn, and a warning per
     request under load."""
-    server = CaptureServer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+    server = capture_server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                            b"Content-Length: 5\r\n\r\nhello")
     app = LoadBalancer([server.address], health_interval=0, maxconn=1)
     try:
