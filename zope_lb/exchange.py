@@ -5,9 +5,9 @@ Theory of operation
 urllib3's ``urlopen`` wraps every request in machinery a proxy does not use:
 a Retry and a Timeout object, redirect handling, a second pass over the
 headers, and an ``HTTPResponse`` with its decoders and bookkeeping around
-http.client's. On this 2-core machine that was about 90 µs of CPU per request
-(``benchmarks/exchange_cost.py``), a sixth of the balancer's share of a
-proxied request. :func:`send` drives the pool's connection itself and
+http.client's. On this 2-core machine that was about 100 µs of CPU per
+request (``benchmarks/exchange_cost.py``: 264 against 163 µs), a sixth of the
+balancer's share of a proxied request. :func:`send` drives the pool's connection itself and
 :class:`Answer` reads the body straight from http.client's response, doing
 what ``urlopen`` did and nothing it did not skip:
 
@@ -15,10 +15,11 @@ what ``urlopen`` did and nothing it did not skip:
   idle one before reuse (``KeptAliveConnection.is_connected``), and goes back
   with ``_put_conn``; after any failure the pool gets it back closed, so the
   next request connects afresh;
-- the target is percent-encoded as urlopen encodes it, the method and target
-  are checked by http.client, every header line by ``KeptAliveConnection``;
-  a POST/PUT/PATCH without a body gets ``Content-Length: 0``, a body of
-  unknown length is sent chunked;
+- the target is percent-encoded as urlopen encodes it; the request line and
+  every header line are checked by http.client's own patterns (``_head``, all
+  lines at once; anything unusual takes http.client's own way and raises what
+  it raises); a POST/PUT/PATCH without a body gets ``Content-Length: 0``, a
+  body of unknown length is sent chunked (``_framed``);
 - ``timeout.connect`` bounds the connect; ``timeout.read`` every send and
   every read after it, as HAProxy's ``timeout server`` does (urlopen sent
   under the connect timeout). A socket's timeout is set once, when it
@@ -84,27 +85,24 @@ def send(pool: HTTPConnectionPool, method: str, target: str, headers: Mapping[st
         if conn.sock is None:
             conn.timeout = connect_timeout
             conn.connect()  # NewConnectionError, ConnectTimeoutError, NameResolutionError
+        sock = conn.sock
+        if sock.gettimeout() != read_timeout:  # just connected, or a reload changed it
             conn.timeout = read_timeout
-            connected: Any = conn.sock
-            connected.settimeout(read_timeout)
+            sock.settimeout(read_timeout)
         fields = _framed(method, headers, chunked, body is None)
         fast = _head(method, url, fields)
         try:
             if fast is None:  # no Host of its own, or an odd header: http.client's way
                 _send_request(conn, method, url, fields)
             else:
-                conn.sock.sendall(fast)
+                sock.sendall(fast)
             if body is not None:
-                _send_body(conn.sock.sendall, body, chunked)
+                _send_body(sock.sendall, body, chunked)
         except BrokenPipeError:
             pass  # the backend may have answered already and closed: read that answer
         except OSError as exc:
             if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
                 raise
-        sock = conn.sock
-        if sock is not None and sock.gettimeout() != read_timeout:  # a reload changed it
-            conn.timeout = read_timeout
-            sock.settimeout(read_timeout)
         try:
             raw: Any = (http.client.HTTPConnection.getresponse(conn) if fast is None
                         else _read_answer(conn, method))
