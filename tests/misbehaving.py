@@ -16,8 +16,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from servers import RawServer, read_head
+from urllib3.exceptions import ProtocolError
 
 TRICKLE_SECONDS = 3.0
 #: how long after its answer ``late-leftover`` writes a stale one
@@ -146,3 +149,15 @@ class MisbehavingBackend(RawServer):
                 return
             conn.sendall(data[index:index + step])
             time.sleep(self.interval)
+
+
+def assert_answer_breaks_off(app: Any, environ: dict) -> None:
+    """Read ``app``'s answer to ``environ`` as a server would: it must break off
+    with ``IncompleteRead`` (the client's answer is cut, never completed with a
+    guess); the body is closed either way."""
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        with pytest.raises(ProtocolError, match="IncompleteRead"):
+            b"".join(body)
+    finally:
+        body.close()
