@@ -267,8 +267,7 @@ class Backend:
         # bring it back.
         self.auto_recover = auto_recover
         self._clock = clock
-        self.timeout = Timeout(connect=timeout_connect, read=timeout_read)
-        self.timeouts = (timeout_connect, timeout_read)  # what exchange.send is given
+        self._set_timeouts(timeout_connect, timeout_read)
         self._pool_factory = pool_factory
         self.pool = self._new_pool(maxconn or UNLIMITED_POOL_SIZE)
         self.state = State.UP
@@ -376,9 +375,14 @@ class Backend:
         self.probe_fall = settings.health_fall
         self.slowstart = settings.slowstart
         self.auto_recover = not settings.health_interval
-        self.timeout = Timeout(connect=settings.timeout_connect, read=settings.timeout_read)
-        self.timeouts = (settings.timeout_connect, settings.timeout_read)
+        self._set_timeouts(settings.timeout_connect, settings.timeout_read)
         self.pool.timeout = self.timeout
+
+    def _set_timeouts(self, connect: float, read: float) -> None:
+        """The urllib3 Timeout its pools are made with, and the same two numbers
+        as floats, which the request path (``exchange.send``) takes as they are."""
+        self.timeout = Timeout(connect=connect, read=read)
+        self.timeouts = (connect, read)
 
     def disable(self, reason: str = "disabled by an administrator") -> None:
         self._change("disable", reason)

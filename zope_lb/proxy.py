@@ -484,7 +484,7 @@ class Proxy:
         """Send the request; return the response, its first body chunk, and what
         to call when it is closed."""
         try:
-            response = self._urlopen(backend.pool, backend, method, target, headers,
+            response = self._exchange(backend.pool, backend, method, target, headers,
                                      body, chunked)
             return response, self._first_chunk(response, backend), None
         except BackendDisconnected as exc:
@@ -494,13 +494,13 @@ class Proxy:
                          method, target, exc)
         fresh = backend.fresh_pool()
         try:
-            response = self._urlopen(fresh, backend, method, target, headers, body, chunked)
+            response = self._exchange(fresh, backend, method, target, headers, body, chunked)
             return response, self._first_chunk(response, backend), fresh.close
         except BaseException:
             fresh.close()
             raise
 
-    def _urlopen(self, pool: Any, backend: Backend, method: str, target: str,
+    def _exchange(self, pool: Any, backend: Backend, method: str, target: str,
                  headers: dict[str, str], body: RequestBody | None, chunked: bool) -> Answer:
         connect, read = backend.timeouts
         try:
