@@ -48,7 +48,7 @@ from pathlib import Path
 
 import pytest
 from servers import free_port
-from zope_cluster import PASSWORD, USER, Server, ZopeCluster
+from zope_cluster import PASSWORD, USER, Server, ZopeCluster, wait_for
 
 SITE = "Plone"
 SITE_USER, SITE_PASSWORD = "siteadmin", "plone-secret-42"  # a Manager of the site
@@ -161,13 +161,9 @@ class PloneCluster(ZopeCluster):
         """Until every client serves the site's ``@@ok`` view (bounded)."""
         deadline = time.monotonic() + 60
         for server in self.clients:
-            while get_status(server.port, f"/{site_id}/@@ok") != 200:
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{server.name} does not serve /{site_id}:\n"
-                                       f"{server.log_tail()}")
-                time.sleep(0.2)
+            wait_for(server,
+                     lambda port=server.port: get_status(port, f"/{site_id}/@@ok") == 200,
+                     deadline, f"does not serve /{site_id}", interval=0.2)
 
     def wait_for_health_servers(self) -> None:
         """Until each client's health server answers ``/live`` (bounded)."""

@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,15 +389,22 @@ def zeo_state(server: Server, timeout: float = 5.0) -> str | None:
     return match[1] if match else None
 
 
-def wait_for_zeo(server: Server, deadline: float, state: str = "connected") -> None:
-    """Until the client's Control Panel shows its ZEO connection in ``state``."""
-    while zeo_state(server) != state:
+def wait_for(server: Server, ready: Callable[[], bool], deadline: float, late: str,
+             interval: float = 0.1) -> None:
+    """Until ``ready()``; a RuntimeError with the client's log tail if its process
+    exits first, or, saying it was ``late``, once ``deadline`` passed."""
+    while not ready():
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name} not {state} to ZEO in time:\n"
-                               f"{server.log_tail()}")
-        time.sleep(0.1)
+            raise RuntimeError(f"{server.name} {late}:\n{server.log_tail()}")
+        time.sleep(interval)
+
+
+def wait_for_zeo(server: Server, deadline: float, state: str = "connected") -> None:
+    """Until the client's Control Panel shows its ZEO connection in ``state``."""
+    wait_for(server, lambda: zeo_state(server) == state, deadline,
+             f"not {state} to ZEO in time")
 
 
 @contextlib.contextmanager
