@@ -9,12 +9,15 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from servers import wait_until
 from webtest import TestApp
 
 from zope_lb import LoadBalancer
-from zope_lb.metrics import Metrics, status_class
+from zope_lb.metrics import BUCKETS, Metrics, MetricsObserver, status_class
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -297,3 +300,69 @@ def test_multiprocess_mode_sums_counters_and_keeps_gauges_per_process(tmp_path, 
         first.quit()
         if second is not None:
             second.quit()
+
+
+# -- the observer's cells against prometheus-client's own calls ---------------------------
+
+OBSERVATIONS = st.lists(st.tuples(
+    st.sampled_from(["default", "api"]), st.sampled_from(["c0", "c1"]),
+    st.sampled_from([200, 204, 302, 404, 500, 502, 504]),
+    st.one_of(st.sampled_from(list(BUCKETS[:-1])),  # exactly on a bound: that bucket
+              st.floats(min_value=0, max_value=400, allow_nan=False))), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OBSERVATIONS)
+def test_the_observer_counts_exactly_as_inc_and_observe(observations):
+    """``MetricsObserver.request`` increments prometheus-client's value cells
+    itself; the exposition must be what ``Counter.inc`` and
+    ``Histogram.observe`` make of the same attempts, bucket by bucket."""
+    mine, theirs = CollectorRegistry(), CollectorRegistry()
+
+    def family(registry):
+        return (Counter("zope_lb_requests", "r", ("pool", "backend", "code"), registry=registry),
+                Histogram("zope_lb_request_duration_seconds", "d", ("pool", "backend"),
+                          buckets=BUCKETS, registry=registry))
+
+    requests, latency = family(mine)
+    observer = MetricsObserver(requests, latency, *[Counter(f"x{i}", "x", registry=None)
+                                                   for i in range(3)])
+    public_requests, public_latency = family(theirs)
+    for pool, backend, status, seconds in observations:
+        observer.request(pool, backend, status, seconds)
+        public_requests.labels(pool, backend, status_class(status)).inc()
+        public_latency.labels(pool, backend).observe(seconds)
+
+    def samples(registry):
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for metric in registry.collect() for s in metric.samples
+                if not s.name.endswith("_created")}
+
+    assert samples(mine) == samples(theirs)
+
+
+def test_without_the_cells_the_observer_uses_the_public_calls():
+    """A prometheus-client whose children keep their values elsewhere still counts."""
+    calls = []
+
+    class Child:
+        def __init__(self, labels):
+            self.labels_ = labels
+
+        def inc(self, amount=1):
+            calls.append(("inc", self.labels_, amount))
+
+        def observe(self, amount):
+            calls.append(("observe", self.labels_, amount))
+
+    class Family:
+        def labels(self, *values):
+            return Child(values)
+
+    observer = MetricsObserver(Family(), Family(), Family(), Family(), Family())
+    observer.request("default", "c0", 503, 0.25)
+    observer.request("default", "c0", 503, 1.5)
+    assert calls == [("inc", ("default", "c0", "5xx"), 1),
+                     ("observe", ("default", "c0"), 0.25),
+                     ("inc", ("default", "c0", "5xx"), 1),
+                     ("observe", ("default", "c0"), 1.5)]
