@@ -51,7 +51,9 @@ def parse_opts(pairs: list[str]) -> dict:
     return opts
 
 
-SERVE_LOG_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"  # as cli.py
+
+
+DEFAULT_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"  # older zope_lb
 
 
 def has_option(name: str) -> bool:
@@ -63,8 +65,13 @@ def has_option(name: str) -> bool:
 
 def setup_logging(log_file: str | None) -> None:
     """INFO, as ``zope-lb serve`` logs without a ``[loggers]`` section."""
-    logging.basicConfig(level=logging.INFO, format=SERVE_LOG_FORMAT,
-                        filename=log_file or None)
+    try:  # zope-lb serve's own formatter, where this zope_lb has one
+        from zope_lb.logsetup import LOG_FORMAT, SecondFormatter
+    except ImportError:
+        LOG_FORMAT, SecondFormatter = DEFAULT_FORMAT, logging.Formatter
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    handler.setFormatter(SecondFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 

@@ -329,6 +329,37 @@ def test_setup_logging_reports_what_fileconfig_refuses_in_one_line(tmp_path):
     assert result.stdout.count("\n") == 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1,
+                max_size=6))
+def test_the_default_log_format_writes_the_time_as_logging_does(times):
+    """The default formatter makes its date and time text once a second; every
+    line must read as logging's own Formatter writes it, a second boundary
+    between two lines included."""
+    import logging
+
+    from zope_lb.logsetup import LOG_FORMAT, SecondFormatter
+
+    ours, theirs = SecondFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
+    for created in sorted(times) + times:  # in order, then jumping back
+        record = logging.LogRecord("zope_lb.access", logging.INFO, "(access)", 0, "a line",
+                                   (), None)
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == theirs.format(record)
+
+
+def test_the_default_log_format_honours_a_date_format():
+    import logging
+
+    from zope_lb.logsetup import SecondFormatter
+
+    record = logging.LogRecord("x", logging.INFO, "(x)", 0, "m", (), None)
+    for datefmt in ("%H:%M", None):
+        assert (SecondFormatter("%(asctime)s %(message)s", datefmt).format(record)
+                == logging.Formatter("%(asctime)s %(message)s", datefmt).format(record))
+
+
 # -- --version ------------------------------------------------------------------------------
 
 

@@ -178,20 +178,21 @@ class AccessLog:
     def _combined(self, entry: Entry, received: float, total: float) -> str:
         environ = entry.environ
         get = environ.get
+        client = client_address(environ, self.trusted) or "-"
         request = (f'{get("REQUEST_METHOD", "-")} {get("REQUEST_URI") or upstream_target(environ)} '
                    f'{get("SERVER_PROTOCOL", "-")}')
         referer = get("HTTP_REFERER", "-")
         agent = get("HTTP_USER_AGENT", "-")
-        if not _PLAIN(f"{request}{referer}{agent}"):  # one check for the usual case
-            request, referer, agent = escape(request), escape(referer), escape(agent)
+        if not _PLAIN(f"{client}{request}{referer}{agent}"):  # one check for the usual case
+            client, request = escape(client), escape(request)
+            referer, agent = escape(referer), escape(agent)
         ttfb = entry.ttfb
         return (
-            f'{escape(client_address(environ, self.trusted) or "-")} - - '
-            f'[{self._time(received)}] "{request}" {entry.status} {entry.sent or "-"} '
-            f'"{referer}" "{agent}" pool={entry.pool} backend={entry.backend} '
-            f"wait_ms={_ms(entry.wait)} "
-            f"ttfb_ms={_ms(ttfb) if ttfb >= 0 else '-'} "
-            f"total_ms={_ms(total)} end={entry.end}"
+            f'{client} - - [{self._time(received)}] "{request}" {entry.status} '
+            f'{entry.sent or "-"} "{referer}" "{agent}" pool={entry.pool} '
+            f"backend={entry.backend} wait_ms={int(entry.wait * 1000 + 0.5)} "
+            f"ttfb_ms={int(ttfb * 1000 + 0.5) if ttfb >= 0 else '-'} "
+            f"total_ms={int(total * 1000 + 0.5)} end={entry.end}"
         )
 
     def _json(self, entry: Entry, received: float, total: float) -> str:
