@@ -3,7 +3,7 @@
 
 Time on this kind of machine moves by 10 % and more from one run to the next,
 so a change that saves 3 % cannot be seen in req/s or in CPU seconds. The
-instructions a request executes are the same on every run (to 0.1 %), so they
+instructions a request executes stay within 1 % from run to run, so they
 show such a change at once. They are not time (a cache miss costs many
 instructions' worth and is not counted): use them to compare two versions of
 the code, and ``run.py`` for what the machine does with them.
