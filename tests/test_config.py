@@ -360,6 +360,25 @@ def test_the_default_log_format_honours_a_date_format():
                 == logging.Formatter("%(asctime)s %(message)s", datefmt).format(record))
 
 
+def test_an_ini_may_use_the_once_a_second_formatter(tmp_path):
+    """The README's advice: ``class = zope_lb.logsetup.SecondFormatter`` in a
+    ``[formatter_*]`` section passes ``zope-lb config`` and is what fileConfig
+    builds."""
+    ini = tmp_path / "fmt.ini"
+    ini.write_text(GOOD.replace("[formatter_generic]\n",
+                                "[formatter_generic]\nclass = zope_lb.logsetup.SecondFormatter\n"))
+    assert "class = zope_lb.logsetup.SecondFormatter" in ini.read_text()
+    checked = subprocess.run([console_script(), "config", str(ini)], capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)
+    assert (checked.returncode, checked.stderr) == (0, "")
+    result = subprocess.run(
+        [sys.executable, "-c", "import logging, sys; from zope_lb.logsetup import setup_logging; "
+                               "print(setup_logging(sys.argv[1])); "
+                               "print(type(logging.getLogger().handlers[0].formatter).__name__)",
+         str(ini)], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.stdout.splitlines() == ["None", "SecondFormatter"], result.stderr
+
+
 # -- --version ------------------------------------------------------------------------------
 
 
