@@ -193,10 +193,10 @@ class MetricsObserver:
         try:
             cells = (counter._value, histogram._sum, histogram._buckets,
                      tuple(histogram._upper_bounds))
-            if len(cells[2]) != len(cells[3]) or cells[3][-1] != float("inf"):
+            if len(cells[2]) != len(cells[3]) or cells[3][-1] != INF:
                 raise AttributeError("buckets")
         except AttributeError:
-            cells = (_PublicCounter(counter), _PublicHistogram(histogram), [_NO_CELL], (INF,))
+            cells = (_Cell(counter.inc), _Cell(histogram.observe), [_NO_CELL], (INF,))
         self._children[(pool, backend, status)] = cells
         return cells
 
@@ -214,32 +214,18 @@ class MetricsObserver:
 INF = float("inf")
 
 
-class _PublicCounter:
-    """A counter child behind the cell interface (``inc``)."""
+class _Cell:
+    """A public call behind a value cell's ``inc``, for a prometheus-client whose
+    children keep no cells: ``Counter.inc``, or ``Histogram.observe`` as the sum's
+    (which then does the buckets too; its one bucket cell does nothing)."""
 
     __slots__ = ("inc",)
 
-    def __init__(self, child: Any):
-        self.inc = child.inc
+    def __init__(self, inc: Any):
+        self.inc = inc
 
 
-class _PublicHistogram:
-    """A histogram child behind the sum cell's ``inc``: ``observe`` does it all."""
-
-    __slots__ = ("inc",)
-
-    def __init__(self, child: Any):
-        self.inc = child.observe
-
-
-class _NoCell:
-    __slots__ = ()
-
-    def inc(self, amount: float) -> None:
-        pass
-
-
-_NO_CELL = _NoCell()
+_NO_CELL = _Cell(lambda amount: None)
 
 
 class Metrics:
