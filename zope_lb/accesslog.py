@@ -190,9 +190,9 @@ class AccessLog:
         return (
             f'{client} - - [{self._time(received)}] "{request}" {entry.status} '
             f'{entry.sent or "-"} "{referer}" "{agent}" pool={entry.pool} '
-            f"backend={entry.backend} wait_ms={int(entry.wait * 1000 + 0.5)} "
-            f"ttfb_ms={int(ttfb * 1000 + 0.5) if ttfb >= 0 else '-'} "
-            f"total_ms={int(total * 1000 + 0.5)} end={entry.end}"
+            f"backend={entry.backend} wait_ms={_ms(entry.wait)} "
+            f"ttfb_ms={_ms(ttfb) if ttfb >= 0 else '-'} "
+            f"total_ms={_ms(total)} end={entry.end}"
         )
 
     def _json(self, entry: Entry, received: float, total: float) -> str:
