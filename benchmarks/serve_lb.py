@@ -51,8 +51,6 @@ def parse_opts(pairs: list[str]) -> dict:
     return opts
 
 
-
-
 DEFAULT_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"  # older zope_lb
 
 

@@ -69,8 +69,9 @@ PREFIX = "zope_lb"
 
 #: Latency buckets for Zope: cached pages in milliseconds, cold catalog queries
 #: and big PDF renderings in tens of seconds; ``timeout.read`` defaults to 300 s.
+INF = float("inf")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-           120.0, 300.0, float("inf"))
+           120.0, 300.0, INF)
 
 STATES = ("up", "down", "draining", "disabled")
 
@@ -209,9 +210,6 @@ class MetricsObserver:
     def probe(self, pool: str, backend: str, passed: bool) -> None:
         if not passed:
             self._probe_failures.labels(pool, backend).inc()
-
-
-INF = float("inf")
 
 
 class _Cell:
