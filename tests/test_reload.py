@@ -8,11 +8,13 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import urllib3
-from serve_process import LOGGING, ServeProcess, production_ini
+from serve_process import LOGGING, ServeProcess, console_script, listening, production_ini
 from servers import free_port, wait_until
 
 from zope_lb.inicheck import check_ini
@@ -211,3 +213,40 @@ def test_a_reload_to_another_app_structure_is_not_applied_and_says_so(tmp_path, 
             ("INFO", f"SIGHUP: applied {ini}: [app:main] timeout.read")]
     finally:
         app.close()
+
+
+def test_a_sighup_during_start_up_is_kept_and_applied(tmp_path, backends):
+    """The port accepts connections before reloading begins; a SIGHUP sent then
+    (``systemctl reload`` right after start) must not end the process with the
+    signal's default action, and is applied once reloading runs."""
+    b0, b1, _ = backends
+    port = free_port()
+    ini = tmp_path / "early.ini"
+    ini.write_text(production_ini([b0.address, b1.address], port))
+    process = ServeProcess(ini, port)
+    process._log_file = open(process.log_path, "ab")  # noqa: SIM115 (closed by stop)
+    process.proc = subprocess.Popen(
+        [console_script(), "serve", str(ini), *process.args], stdout=process._log_file,
+        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        # from the app's first log line (the handler is in place by then) until
+        # well after the port listens, a SIGHUP every 10 ms
+        deadline = time.monotonic() + 20
+        while "balancing over" not in process.log() and time.monotonic() < deadline:
+            time.sleep(0.002)  # a tight look: the window before reloading is short
+        assert "balancing over" in process.log()
+        deadline = time.monotonic() + 20
+        listened_at = None
+        while time.monotonic() < deadline and process.running():
+            process.send(signal.SIGHUP)
+            if listened_at is None and listening(port):
+                listened_at = time.monotonic()
+            if listened_at is not None and time.monotonic() - listened_at > 0.5:
+                break
+            time.sleep(0.01)
+        assert process.running(), process.log()
+        assert listened_at is not None, process.log()
+        assert process.wait_for_log(r"SIGHUP: applied ", timeout=10), process.log()
+        assert reaches(process.url + "/echo", "b1")
+    finally:
+        process.stop()

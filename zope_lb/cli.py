@@ -10,6 +10,7 @@ import _thread
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -61,6 +62,22 @@ def config(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """``zope-lb serve``. A SIGHUP from the first moment on is kept, not fatal:
+    the listening socket accepts connections before reloading begins, and a
+    reload sent then (``systemctl reload`` just after start) would otherwise
+    end the process with the signal's default action. It is applied once
+    reloading begins."""
+    early = threading.Event()
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGHUP, lambda signum, frame: early.set())
+        try:
+            return _serve(args, early)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+    return _serve(args, early)
+
+
+def _serve(args: argparse.Namespace, early: threading.Event) -> int:
     from paste.deploy import loadapp
 
     from .reload import reload_on_sighup
@@ -116,7 +133,8 @@ def serve(args: argparse.Namespace) -> int:
     for name, run_also in also:
         threading.Thread(target=_serve_also, args=(name, run_also, failed),
                          name=f"zope-lb-{name}", daemon=True).start()
-    stop_reloading = reload_on_sighup(app, uri, args.app_name, server_name=args.server_name)
+    stop_reloading = reload_on_sighup(app, uri, args.app_name, server_name=args.server_name,
+                                      pending=early)
     try:
         status = run()
     except OSError as exc:

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def reload_on_sighup(app: object, uri: str, app_name: str, *,
-                     server_name: str | None = "main") -> Callable[[], None]:
-    """Re-read the ini on SIGHUP; returns what stops that.
+                     server_name: str | None = "main",
+                     pending: threading.Event | None = None) -> Callable[[], None]:
+    """Re-read the ini on SIGHUP; returns what stops that. ``pending`` set: a
+    SIGHUP came during start-up; it is applied at once.
 
     The handler only sets an event and a thread of its own does the work: a
     Python signal handler runs in the main thread between two bytecodes, maybe
@@ -58,6 +60,8 @@ def reload_on_sighup(app: object, uri: str, app_name: str, *,
     thread = threading.Thread(target=work, daemon=True, name="zope-lb-sighup")
     thread.start()
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: wake.set())
+    if pending is not None and pending.is_set():
+        wake.set()
 
     def stop() -> None:
         if previous is not None:
