@@ -108,9 +108,11 @@ class Browser:
     port: int
     agent: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:12]}")
     cookies: dict[str, str] = field(default_factory=dict)
+    requests: int = 0  # sent so far: each gets an access line, written within 20 ms
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Answer:
+        self.requests += 1
         sent = {"Host": HOST, "User-Agent": self.agent, **(headers or {})}
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -179,10 +181,23 @@ def access_lines(lb, agent: str) -> list[dict]:
     return found
 
 
-def served_by(lb, agent: str, count: int) -> list[str]:
-    """The backend ids of the last ``count`` requests of ``agent``, once all are logged."""
-    assert wait_until(lambda: len(access_lines(lb, agent)) >= count, 10), lb.log()[-3000:]
-    return [e["backend"] for e in access_lines(lb, agent)[-count:]]
+def logged(lb, browser: Browser) -> list[dict]:
+    """The access-log entries of every request ``browser`` sent, once all are
+    written (the access log's thread writes them within access_log.flush)."""
+    assert wait_until(lambda: len(access_lines(lb, browser.agent)) >= browser.requests, 10), (
+        lb.log()[-3000:])
+    return access_lines(lb, browser.agent)
+
+
+def served_by(lb, who: Browser | str, count: int) -> list[str]:
+    """The backend ids of the last ``count`` requests of ``who`` (a Browser, or
+    the User-Agent of a real browser's page), once all are logged."""
+    if isinstance(who, Browser):
+        entries = logged(lb, who)
+    else:
+        assert wait_until(lambda: len(access_lines(lb, who)) >= count, 10), lb.log()[-3000:]
+        entries = access_lines(lb, who)
+    return [e["backend"] for e in entries[-count:]]
 
 
 def assert_public_urls(page: Page, html: str, site: PloneSite, proxy: Nginx) -> None:
@@ -216,7 +231,7 @@ def test_every_absolute_url_of_the_front_page_and_of_a_redirect_is_public(
         assert_public_urls(page, res.text, plone_site, proxy)
         links = {u for t, a, u in page.urls if t == "a" and a == "href"}
         assert f"{PUBLIC}/login" in links or f"{PUBLIC}/login_form" in links, links
-    assert sorted(served_by(lb, browser.agent, 2)) == ["c0", "c1"]
+    assert sorted(served_by(lb, browser, 2)) == ["c0", "c1"]
 
     # A page for Managers only: Plone redirects the anonymous browser to log in,
     # and every URL of the chain (and the came_from it carries) is public.
@@ -256,7 +271,7 @@ def test_a_logged_in_browser_stays_on_one_client_while_anonymous_ones_spread(
     anonymous = Browser(proxy.port)
     for _ in range(6):
         assert anonymous.get("/").status == 200
-    assert sorted(set(served_by(lb, anonymous.agent, 6))) == ["c0", "c1"]
+    assert sorted(set(served_by(lb, anonymous, 6))) == ["c0", "c1"]
     assert COOKIE not in anonymous.cookies  # no __ac: never pinned
 
     editor = Browser(proxy.port)
@@ -270,13 +285,13 @@ def test_a_logged_in_browser_stays_on_one_client_while_anonymous_ones_spread(
         assert res.status == 200, "not logged in"
         assert "Site Setup" in res.text
     assert COOKIE in editor.cookies
-    pinned = set(served_by(lb, editor.agent, 6))
+    pinned = set(served_by(lb, editor, 6))
     assert len(pinned) == 1, pinned
     assert editor.cookies[COOKIE] == affinity_token(pinned.pop())
 
     for _ in range(6):  # and the anonymous browser still spreads
         assert anonymous.get("/").status == 200
-    assert sorted(set(served_by(lb, anonymous.agent, 6))) == ["c0", "c1"]
+    assert sorted(set(served_by(lb, anonymous, 6))) == ["c0", "c1"]
 
 
 # ---------------------------------------------------------------- REST API
@@ -327,7 +342,7 @@ def test_the_rest_api_logs_in_writes_through_one_client_and_reads_through_the_ot
             return (answer.status == 200 and answer.json()["title"] == title
                     and answer.json()["@id"] == f"{PUBLIC}/{name}")
         assert wait_until(read_on_c1, 15, interval=0.2)
-        backends = [(e["method"], e["backend"]) for e in access_lines(lb, browser.agent)]
+        backends = [(e["method"], e["backend"]) for e in logged(lb, browser)]
         assert backends[:3] == [("GET", "c0"), ("POST", "c0"), ("POST", "c0")], backends
         assert backends[-1] == ("GET", "c1"), backends
     finally:
@@ -380,7 +395,7 @@ def test_health_path_at_ok_takes_a_stopped_client_out_and_back(
     assert log_in(editor, plone_site).status in (302, 303)
     editor.cookies[COOKIE] = affinity_token("c1")
     assert editor.get("/@@overview-controlpanel").status == 200
-    assert served_by(lb, editor.agent, 1) == ["c1"]
+    assert served_by(lb, editor, 1) == ["c1"]
 
     def states() -> dict[str, tuple[str, str | None]]:
         return {b["id"]: (b["state"], b["reason"]) for b in balancer_health(lb)["backends"]}
@@ -396,17 +411,17 @@ def test_health_path_at_ok_takes_a_stopped_client_out_and_back(
         assert (report["status"], report["healthy"], report["total"]) == ("degraded", 1, 2)
         for _ in range(6):
             assert browser.get("/").status == 200
-        assert set(served_by(lb, browser.agent, 6)) == {"c0"}
+        assert set(served_by(lb, browser, 6)) == {"c0"}
         res = editor.get("/@@overview-controlpanel")
         assert res.status == 200 and "Site Setup" in res.text, "logged out by the move"
-        assert served_by(lb, editor.agent, 1) == ["c0"]
+        assert served_by(lb, editor, 1) == ["c0"]
         assert editor.cookies[COOKIE] == affinity_token("c0")
     finally:
         plone_site.cluster.restart(victim)
     assert wait_until(lambda: states()["c1"][0] == "up", 15), states()
     for _ in range(4):
         assert browser.get("/").status == 200
-    assert sorted(set(served_by(lb, browser.agent, 4))) == ["c0", "c1"]
+    assert sorted(set(served_by(lb, browser, 4))) == ["c0", "c1"]
 
 
 # ---------------------------------------------------------------- Plone 6 with Volto
@@ -536,7 +551,7 @@ def test_volto_site_api_pool_on_plone_with_public_ids_and_the_rest_to_the_fronte
         assert_public_ids(found)
         assert "++api++" not in res.text
 
-        backends = [(e["method"], e["backend"]) for e in access_lines(lb, browser.agent)]
+        backends = [(e["method"], e["backend"]) for e in logged(lb, browser)]
         assert backends[:4] == [("GET", "c0"), ("POST", "c0"), ("POST", "c0"),
                                 ("POST", "c0")], backends
         assert backends[-2:] == [("GET", "c1"), ("GET", "c1")], backends

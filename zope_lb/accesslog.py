@@ -15,10 +15,15 @@ object per line with the same fields. Every value a client controls (request
 line, Referer, User-Agent) is escaped the way Apache escapes it (``\\"``,
 ``\\\\``, ``\\xhh``), so no line can forge another.
 
-The line is on the request path, so it is built cheaply: one f-string, a
-time stamp cached per second, and a ``LogRecord`` built directly (``Logger.info``
-would look up the caller's file and line on every call, which is of no use
-here).
+The request's thread only times the request and hands the entry to the
+balancer's :class:`~zope_lb.accesswriter.LineWriter`, whose thread builds and
+writes the line within ``access_log.flush`` (20 ms): waitress reads a
+connection's next request only once the previous one's thread is done, so
+that thread must not wait for the log's disk, nor for the GIL after it. With
+``access_log.flush = 0`` (or the writer full) the request's thread writes the
+line itself. Either way the line is built cheaply: one f-string, a time stamp
+cached per second, and a ``LogRecord`` built directly (``Logger.info`` would
+look up the caller's file and line on every call, which is of no use here).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .accesswriter import LineWriter
 from .headers import Network, client_address, upstream_target
 
 ACCESS = logging.getLogger("zope_lb.access")
@@ -121,13 +127,15 @@ class AccessLog:
     def __init__(self, fmt: str = "combined", trusted: Sequence[Network] = (), *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 logger: logging.Logger = ACCESS):
+                 logger: logging.Logger = ACCESS,
+                 writer: LineWriter | None = None):
         if fmt not in ("combined", "json"):
             raise ValueError(f"access log format {fmt!r}: use combined or json")
         self.trusted = tuple(trusted)
         self.clock = clock
         self.wall_clock = wall_clock
         self.logger = logger
+        self.writer = writer  # None: the request's thread writes its line
         self._line = self._combined if fmt == "combined" else self._json
         self._stamp: tuple[int, str] = (-1, "")
         self._iso_stamp: tuple[int, str] = (-1, "")
@@ -139,8 +147,16 @@ class AccessLog:
         return Entry(self, environ, self.clock())
 
     def emit(self, entry: Entry) -> None:
+        """The request ended now: time it, and have its line written (by the
+        writer thread, or here when there is none or it is full)."""
         total = self.clock() - entry.start
         received = self.wall_clock() - total
+        writer = self.writer
+        if writer is None or not writer.put(self.write, entry, received, total):
+            self.write(entry, received, total)
+
+    def write(self, entry: Entry, received: float, total: float) -> None:
+        """Format ``entry``'s line and hand it to the logger's handlers."""
         logger = self.logger
         try:
             line = self._line(entry, received, total)

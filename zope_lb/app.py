@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .accesslog import AccessLog, Entry, LoggedBody, LoggedList
+from .accesswriter import LineWriter
 from .admin import AdminApp, registry
 from .admin.auth import allowed
 from .backend import Backend, BackendConnectionPool, State
@@ -116,6 +117,7 @@ class LoadBalancer:
         self._changes_lock = threading.Lock()
         self.cluster.update(*self.pool.primary_counts(), utc_now_iso())
         self.checker: HealthChecker | None = None
+        self.access_writer: LineWriter | None = None
         self._closed = False
         self._use(settings)
         self.state_file: StateFile | None = None  # set by the PasteDeploy factory
@@ -146,9 +148,11 @@ class LoadBalancer:
     def _use(self, settings: Settings) -> None:
         """Point the parts that read settings on every request at ``settings``."""
         self.settings = settings
-        self.access = (None if settings.access_log == "off" else
-                       AccessLog(settings.access_log, settings.forwarded_trusted,
-                                 clock=self._clock, wall_clock=self._wall_clock))
+        self.access = None
+        if settings.access_log != "off":
+            self.access = AccessLog(settings.access_log, settings.forwarded_trusted,
+                                    clock=self._clock, wall_clock=self._wall_clock,
+                                    writer=self._access_writer_for(settings.access_log_flush))
         self._health_endpoint = settings.health_endpoint
         self._admin_path = settings.admin_path.rstrip("/")
         self._admin_slash = self._admin_path + "/"
@@ -169,6 +173,20 @@ class LoadBalancer:
             else:
                 self.checker.close()
                 self.checker = None
+
+    def _access_writer_for(self, flush: float) -> LineWriter | None:
+        """The access log's writer thread for ``access_log.flush`` (one per
+        balancer, kept across reloads); None, and any old one closed, for 0."""
+        writer = self.access_writer
+        if flush and not self._closed:
+            if writer is None:
+                writer = self.access_writer = LineWriter(flush)
+            writer.interval = flush
+            return writer
+        if writer is not None:  # lines of requests still in flight are written at once
+            self.access_writer = None
+            writer.close()
+        return None
 
     # -- changes at run time --------------------------------------------------------------
 
@@ -453,6 +471,8 @@ class LoadBalancer:
         self.metrics.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
+        if self.access_writer is not None:  # last: the lines of the requests just cut
+            self.access_writer.close()
 
 
 #: What the health endpoint tells a client outside ``admin.allow``.

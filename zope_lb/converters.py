@@ -284,6 +284,16 @@ def as_duration_or_zero(value: object) -> float:
     return as_duration(value)
 
 
+#: The longest an access line may wait for its writer thread.
+MAX_LOG_FLUSH = 5.0
+
+
+def as_log_flush(value: object) -> float:
+    """``access_log.flush``: 0 (each line written by its request), or 1 ms to 5 s."""
+    seconds = as_duration_or_zero(value)
+    return 0.0 if seconds == 0 else _in_range(seconds, MIN_DURATION, MAX_LOG_FLUSH)
+
+
 def as_optional_url(value: object) -> str:
     text = str(value).strip()
     if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):

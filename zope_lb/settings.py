@@ -36,6 +36,7 @@ from .converters import (
     as_expect,
     as_interval,
     as_load_factor,
+    as_log_flush,
     as_maxconn,
     as_method,
     as_min_healthy,
@@ -265,6 +266,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", as_access_log, "combined",
            "One line per request on the logger `zope_lb.access`: `combined` (Apache's "
            "combined format, then zope_lb's fields as `key=value`), `json`, or `off`."),
+    Option("access_log.flush", as_log_flush, 0.02,
+           "Seconds an access line may wait to be written by the access log's own "
+           "thread, in a batch with others (0 to 5 s); `0`: the request's thread "
+           "writes it as the request ends, and its connection waits for that.", "20ms"),
 )
 
 _BY_NAME: dict[str, Option] = {}
@@ -401,6 +406,7 @@ class Settings:
     resolve_server: str = ""
     pools: tuple[PoolSpec, ...] = ()
     access_log: str = "combined"
+    access_log_flush: float = 0.02
 
     def maxconn_of(self, spec: BackendSpec) -> int:
         return self.maxconn if spec.maxconn is None else spec.maxconn
