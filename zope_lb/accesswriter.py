@@ -3,10 +3,10 @@
 Why: the line used to be formatted and written by the request's worker thread
 after the last byte went out, before waitress let that connection's next
 request in. Writing it there meant a system call, which hands the GIL to
-another thread; getting it back took 0.7 ms on average under load (18 ms at
-the 99th percentile), and the client's next request waited all that time.
-Measured in ``benchmarks/README.md``: with two 20 ms backends, the balancer
-lost 1 to 2 % of its requests per second to it.
+another thread; getting it back took 0.8 ms on average under load (15 ms at
+the 99th percentile; 17 us and 59 us with this writer), and the client's next
+request waited all that time. With two 20 ms backends that was about 1 % of
+the requests a second (``benchmarks/handoffs.py``, ``benchmarks/README.md``).
 
 Theory of operation
 -------------------
