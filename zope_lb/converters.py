@@ -290,8 +290,12 @@ MAX_LOG_FLUSH = 5.0
 
 def as_log_flush(value: object) -> float:
     """``access_log.flush``: 0 (each line written by its request), or 1 ms to 5 s."""
-    seconds = as_duration_or_zero(value)
-    return 0.0 if seconds == 0 else _in_range(seconds, MIN_DURATION, MAX_LOG_FLUSH)
+    seconds = _seconds(value)
+    if seconds == 0:
+        return 0.0
+    if not MIN_DURATION <= seconds <= MAX_LOG_FLUSH:  # also refuses NaN
+        raise ValueError("must be 0 (each request writes its own line) or from 1 ms to 5 s")
+    return seconds
 
 
 def as_optional_url(value: object) -> str:
