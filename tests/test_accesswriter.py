@@ -198,3 +198,15 @@ def test_close_and_a_reload_to_0_write_the_lines_still_waiting(backend, caplog):
         balancer.close()
     assert [r.getMessage().split('"')[1] for r in access_records(caplog)] == [
         f"GET /echo?n={n} HTTP/1.0" for n in (1, 2, 3)]
+
+
+def test_turning_the_access_log_off_stops_its_thread(backend):
+    balancer = LoadBalancer([backend.address], health_interval=0)
+    try:
+        writer = balancer.access_writer
+        assert writer is not None
+        balancer.apply({"access_log": "off"})
+        assert balancer.access is None and balancer.access_writer is None
+        assert not writer._thread.is_alive()
+    finally:
+        balancer.close()

@@ -148,11 +148,12 @@ class LoadBalancer:
     def _use(self, settings: Settings) -> None:
         """Point the parts that read settings on every request at ``settings``."""
         self.settings = settings
-        self.access = None
-        if settings.access_log != "off":
-            self.access = AccessLog(settings.access_log, settings.forwarded_trusted,
-                                    clock=self._clock, wall_clock=self._wall_clock,
-                                    writer=self._access_writer_for(settings.access_log_flush))
+        logging_on = settings.access_log != "off"
+        writer = self._access_writer_for(settings.access_log_flush if logging_on else 0.0)
+        # one assignment: a request running during a reload sees the old or the new log
+        self.access = (AccessLog(settings.access_log, settings.forwarded_trusted,
+                                 clock=self._clock, wall_clock=self._wall_clock,
+                                 writer=writer) if logging_on else None)
         self._health_endpoint = settings.health_endpoint
         self._admin_path = settings.admin_path.rstrip("/")
         self._admin_slash = self._admin_path + "/"
