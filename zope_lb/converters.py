@@ -104,10 +104,14 @@ def _seconds(value: object) -> float:
     return float(match.group(1)) * _UNIT[match.group(2)]
 
 
-def _in_range(seconds: float, minimum: float, maximum: float = MAX_DURATION) -> float:
+def _in_range(seconds: float, minimum: float, maximum: float = MAX_DURATION, *,
+              zero: str = "") -> float:
+    """``seconds`` if within the bounds; ``zero`` says what 0 means, for an
+    option that also takes 0 (the caller lets 0 through itself)."""
     # "not a <= x <= b" also refuses NaN
     if not minimum <= seconds <= maximum:
-        raise ValueError(f"must be from {_duration_text(minimum)} to "
+        also = f"0 ({zero}) or " if zero else ""
+        raise ValueError(f"must be {also}from {_duration_text(minimum)} to "
                          f"{_duration_text(maximum)}")
     return seconds
 
@@ -293,9 +297,7 @@ def as_log_flush(value: object) -> float:
     seconds = _seconds(value)
     if seconds == 0:
         return 0.0
-    if not MIN_DURATION <= seconds <= MAX_LOG_FLUSH:  # also refuses NaN
-        raise ValueError("must be 0 (each request writes its own line) or from 1 ms to 5 s")
-    return seconds
+    return _in_range(seconds, MIN_DURATION, MAX_LOG_FLUSH, zero="each request writes its own line")
 
 
 def as_optional_url(value: object) -> str:
